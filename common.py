@@ -1,0 +1,275 @@
+"""
+What train.py, sample.py and bench.py share, written once: one-line errors, the choice of
+device, dtype, autocast and compile, checkpoints, datasets, batches and tokenizers.
+"""
+
+import json
+import os
+import pickle
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+
+
+def die(msg):
+    """Bad input: one line on stderr and a non-zero exit, no traceback."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# -----------------------------------------------------------------------------
+# device, dtype, autocast, compile
+
+def pick_device(device='auto', local_rank=0):
+    """'auto' picks CUDA, else MPS, else CPU. Under DDP 'cuda'/'auto' mean this rank's GPU."""
+    mps = torch.backends.mps.is_available()
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
+    kind, _, index = device.partition(':')
+    if kind not in ('cpu', 'cuda', 'mps') or (index and not (kind == 'cuda' and index.isdigit())):
+        die(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
+    if kind == 'cuda':
+        if not torch.cuda.is_available():
+            die(f"device '{device}' asked for, but this torch sees no CUDA GPU (try --device=cpu)")
+        n = torch.cuda.device_count()
+        if index and int(index) >= n:
+            die(f"device '{device}' asked for, but there are only {n} CUDA GPUs")
+        if not index:
+            device = f'cuda:{local_rank}'
+    if kind == 'mps' and not mps:
+        die("device 'mps' asked for, but MPS is not available here (try --device=cpu)")
+    return device
+
+
+def _cpu_flags():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return set(next((l for l in f if l.startswith('flags')), '').split())
+    except OSError:
+        return set()
+
+
+def pick_dtype(device, dtype='auto'):
+    """
+    'auto': bfloat16 on CUDA cards that have it, else float16 (with a GradScaler); on CPUs
+    bfloat16 only with AMX units (elsewhere it is emulated and slower than float32); float32
+    on MPS, where autocast is still patchy.
+    """
+    kind = device.split(':')[0]
+    if dtype == 'auto':
+        if kind == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        if kind == 'cpu' and 'amx_bf16' in _cpu_flags():
+            return 'bfloat16'
+        return 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        die(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    if dtype == 'bfloat16':
+        if kind == 'cuda' and not torch.cuda.is_bf16_supported():
+            die(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 (try --dtype=float16)")
+        flags = _cpu_flags()
+        if kind == 'cpu' and flags and not flags & {'avx512_bf16', 'amx_bf16'}:
+            die("bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)")
+    return dtype
+
+
+def autocast(device, dtype):
+    """The mixed-precision context for forward passes (nothing to do in float32)."""
+    if dtype == 'float32':
+        return nullcontext()
+    ptdtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    return torch.autocast(device_type=device.split(':')[0], dtype=ptdtype)
+
+
+def setup_device(device='auto', dtype='auto', local_rank=0):
+    """(device, dtype, autocast context), with TF32 matmuls allowed on CUDA."""
+    device = pick_device(device, local_rank)
+    dtype = pick_dtype(device, dtype)
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, dtype, autocast(device, dtype)
+
+
+def maybe_compile(model, compile, device):
+    """
+    torch.compile the model when asked, or by default (compile=None) on CUDA, the one
+    place it pays off (on CPU it added ~50 s of compiling and no speed). Where it cannot
+    work it falls back to eager with a one-line warning instead of failing.
+    """
+    if compile is None:
+        compile = device.startswith('cuda') and sys.platform != 'win32'
+    if compile not in (True, False):
+        die(f"compile expects True or False, got {compile!r}")
+    if not compile:
+        return model
+    import importlib.util
+    if device.startswith('cuda') and importlib.util.find_spec('triton') is None:
+        print("warning: torch.compile needs triton, which is not installed; running uncompiled", file=sys.stderr)
+        return model
+    import torch._dynamo
+    torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eagerly
+    print("compiling the model... (takes a ~minute)")
+    try:
+        return torch.compile(model)
+    except Exception as e:
+        print(f"warning: torch.compile failed ({type(e).__name__}); running uncompiled", file=sys.stderr)
+        return model
+
+
+# dense bf16 tensor-core peaks, FLOP/s, by substring of torch.cuda.get_device_name()
+PEAK_FLOPS = [
+    ('H200', 989e12), ('H100 PCIe', 756e12), ('H100', 989e12), ('A100', 312e12),
+    ('L40S', 362e12), ('L4', 121e12), ('A10', 125e12), ('V100', 125e12), ('T4', 65e12),
+]
+
+
+def peak_flops(device, configured=0.0):
+    """The peak FLOP/s to measure MFU against: the configured one, else a known GPU's, else None."""
+    if configured:
+        return configured
+    if device.startswith('cuda'):
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+    return None
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def strip_prefixes(state_dict):
+    """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes older checkpoints carry."""
+    out = {}
+    for k, v in state_dict.items():
+        while k.startswith(('_orig_mod.', 'module.')):
+            k = k.split('.', 1)[1]
+        out[k] = v
+    return out
+
+
+def save_checkpoint(checkpoint, path):
+    """Write to a temporary file beside path, then rename: path is always a complete checkpoint."""
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """A checkpoint dict, read safely (tensors and plain values only), or a one-line error."""
+    if not os.path.isfile(path):
+        die(f"no checkpoint at {path} (train one first, or check --out_dir)")
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        die(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
+    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
+        die(f"{path} is not a GPT checkpoint (no 'model' and 'model_args')")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint, **overrides):
+    """The GPT a checkpoint describes, with its weights; overrides (e.g. dropout) replace config fields."""
+    fields = GPTConfig.__dataclass_fields__
+    args = {**checkpoint['model_args'], **checkpoint.get('model_options', {}), **overrides}
+    model = GPT(GPTConfig(**{k: v for k, v in args.items() if k in fields}))
+    try:
+        model.load_state_dict(strip_prefixes(checkpoint['model']))
+    except RuntimeError as e:
+        die(f"checkpoint weights do not match its model_args: {str(e).splitlines()[1].strip()[:200]}")
+    return model
+
+
+# -----------------------------------------------------------------------------
+# datasets, batches, tokenizers
+
+def train_settings():
+    """The source of train.py's settings block (between its first two '# ---' rulers)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')) as f:
+        blocks = f.read().split('# ' + '-' * 77 + '\n')
+    return blocks[1]
+
+
+def open_split(data_dir, split, block_size):
+    """data_dir/{split}.bin as a read-only array of uint16 token ids."""
+    path = os.path.join(data_dir, f'{split}.bin')
+    if not os.path.isfile(path):
+        die(f"no {path}: prepare the dataset first (python {os.path.join(data_dir, 'prepare.py')})")
+    data = np.memmap(path, dtype=np.uint16, mode='r')
+    if len(data) < block_size + 1:
+        die(f"{path} has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
+    return data
+
+
+def get_batch(data, batch_size, block_size, seed, device):
+    """
+    batch_size random windows of data as (x, y), y shifted by one token. The windows depend
+    only on seed (an int or a tuple of ints), which makes runs and resumes reproducible.
+    """
+    ix = np.random.default_rng(seed).integers(len(data) - block_size, size=batch_size)
+    buf = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+    if device.startswith('cuda'):
+        buf = buf.pin_memory().to(device, non_blocking=True)
+    else:
+        buf = buf.to(device)
+    return buf[:, :-1], buf[:, 1:]  # (B, T) each
+
+
+class _NoCode(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_meta(data_dir):
+    """
+    A character dataset's vocabulary, {'vocab_size', 'itos'} from meta.json, or None for
+    GPT-2 BPE datasets. nanoGPT's meta.pkl is read too, with an unpickler that builds only
+    plain dicts, lists and strings, so it cannot run code.
+    """
+    path = os.path.join(data_dir, 'meta.json')
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    path = os.path.join(data_dir, 'meta.pkl')
+    if os.path.isfile(path):
+        try:
+            with open(path, 'rb') as f:
+                meta = _NoCode(f).load()
+            itos = meta['itos']
+            return {'vocab_size': meta['vocab_size'], 'itos': [itos[i] for i in range(len(itos))]}
+        except Exception as e:
+            die(f"cannot read {path}: {e}")
+    return None
+
+
+def gpt2_encoding():
+    """GPT-2's BPE: tiktoken's r50k_base, the same ranks and pattern (<|endoftext|> = 50256)."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding('r50k_base')
+    except Exception as e:
+        die(f"cannot load the GPT-2 tokenizer (tiktoken r50k_base: no network and no "
+            f"TIKTOKEN_CACHE_DIR cache?): {type(e).__name__}")
+
+
+def get_tokenizer(meta):
+    """(encode, decode) for a character vocabulary (meta) or, with meta None, GPT-2 BPE."""
+    if meta is None:
+        enc = gpt2_encoding()
+        return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), enc.decode
+    itos = meta['itos']
+    stoi = {ch: i for i, ch in enumerate(itos)}
+
+    def encode(s):
+        bad = next((c for c in s if c not in stoi), None)
+        if bad is not None:
+            die(f"the prompt has the character {bad!r}, which is not in the model's vocabulary")
+        return [stoi[c] for c in s]
+    return encode, lambda ids: ''.join(itos[i] for i in ids)

@@ -1,0 +1,307 @@
+"""
+Full definition of a GPT language model, all of it in this single file.
+
+References:
+1) the official GPT-2 TensorFlow implementation released by OpenAI:
+   https://github.com/openai/gpt-2/blob/master/src/model.py
+2) Hugging Face transformers' PyTorch implementation:
+   https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
+3) nanoGPT, whose model this is, parameter name for parameter name:
+   https://github.com/karpathy/nanoGPT/blob/master/model.py
+
+Where this model differs from GPT-2 (each is a GPTConfig switch):
+- bias=False drops the biases of every Linear and LayerNorm (GPT-2 has them).
+- activation='gelu' (the default, as in nanoGPT) is the exact erf GELU; GPT-2 itself
+  uses the tanh approximation ('gelu_tanh', Hugging Face's "gelu_new"). Models loaded
+  from GPT-2 weights use 'gelu_tanh', so their logits equal Hugging Face's.
+- vocab_size may be padded (50304 instead of 50257) for faster matmuls.
+Linear weights are stored (out, in) as in torch; GPT-2 checkpoints store them (in, out)
+(its "Conv1D"), so loading and exporting transposes those four matrices per block.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (nn.LayerNorm had no bias=False until torch 2.1)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, input):
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        # key, query, value projections for all heads, in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # flash attention where the backend has it; the causal mask is built in
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.approximate = {'gelu': 'none', 'gelu_tanh': 'tanh'}[config.activation]
+
+    def forward(self, x):
+        x = F.gelu(self.c_fc(x), approximate=self.approximate)
+        return self.dropout(self.c_proj(x))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# nanoGPT's seven architecture fields: what a checkpoint's 'model_args' holds, so that
+# nanoGPT's own GPTConfig(**model_args) still accepts our checkpoints.
+MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # longest context the model can see (positions in wpe)
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for efficiency
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout on embeddings, attention and residual branches
+    bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    activation: str = 'gelu'  # 'gelu' (exact, nanoGPT) or 'gelu_tanh' (GPT-2's own, for its weights)
+
+    def model_args(self):
+        """The nanoGPT-compatible part of the config (see MODEL_ARGS)."""
+        return {k: getattr(self, k) for k in MODEL_ARGS}
+
+    def model_options(self):
+        """Everything else: stored beside model_args in checkpoints."""
+        return {k: v for k, v in vars(self).items() if k not in MODEL_ARGS}
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the output projection is the token embedding (GPT-2 does this)
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
+        for pn, p in self.named_parameters():
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """
+        Number of parameters. The non-embedding count (default) leaves out the position
+        embeddings; the token embeddings stay in because they double as the lm_head.
+        """
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        """
+        idx (B, T) token ids -> (logits, loss). With targets (B, T), logits cover every
+        position and loss is the mean cross-entropy (targets of -1 are ignored); without,
+        only the last position's logits are computed (B, 1, vocab) and loss is None.
+        """
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (T,)
+
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab): the list index keeps the time dim
+            loss = None
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Model surgery: shrink the context, e.g. GPT-2's 1024 down to what a finetune uses."""
+        assert block_size <= self.config.block_size
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    # Hugging Face GPT-2 stores these as Conv1D (in, out); nn.Linear keeps (out, in).
+    _conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, override_args=None):
+        """
+        GPT-2 weights from a local Hugging Face directory (config.json and model.safetensors
+        or pytorch_model.bin) or one of the names gpt2, gpt2-medium, gpt2-large, gpt2-xl
+        (fetched through the Hugging Face Hub cache). The shape comes from config.json; only
+        dropout may be overridden. The tensors are read directly and adopted by a model built
+        on the meta device, so loading holds about one copy of the weights in memory.
+        """
+        override_args = override_args or {}
+        assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
+        path = name_or_dir if os.path.isdir(name_or_dir) else _hub_snapshot(name_or_dir)
+        with open(os.path.join(path, 'config.json')) as f:
+            hf = json.load(f)
+        act = hf.get('activation_function', 'gelu_new')
+        if act not in ('gelu_new', 'gelu_pytorch_tanh', 'gelu'):
+            raise ValueError(f"{path}: activation_function {act!r} is not supported")
+        config = GPTConfig(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
+                           block_size=hf['n_positions'], vocab_size=hf['vocab_size'], bias=True,
+                           dropout=override_args.get('dropout', 0.0),
+                           activation='gelu' if act == 'gelu' else 'gelu_tanh')
+
+        sd_hf = _read_weights(path)
+        sd = {}
+        for k, v in sd_hf.items():
+            k = k.removeprefix('transformer.')
+            if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
+                continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
+            if k.endswith(cls._conv1d):
+                v = v.t().contiguous()
+            sd['transformer.' + k] = v
+        with torch.device('meta'):
+            model = cls(config)
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+        missing = [k for k in missing if k != 'lm_head.weight']
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not match a GPT-2 of this config "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+        return model
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optim_groups = [
+            {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
+        ]
+        # the fused kernel does the whole update in one pass; torch has it for cpu, cuda and mps
+        try:
+            return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward and backward), PaLM paper appendix B."""
+        N = self.get_num_params()
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * N + 12 * L * H * Q * T
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilization: achieved FLOP/s over peak_flops (None if the peak is unknown)."""
+        if not peak_flops:
+            return None
+        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops_per_iter / dt / peak_flops
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """
+        Take a conditioning sequence of indices idx (LongTensor of shape (B, T)) and complete
+        the sequence max_new_tokens times, feeding the predictions back into the model each
+        time. Most likely you'll want to make sure to be in model.eval() mode for this.
+        When the context grows past block_size, the model sees its last block_size tokens.
+        """
+        for _ in range(max_new_tokens):
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature  # (B, vocab)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+
+def _hub_snapshot(name):
+    """Download (or find in the Hub cache) the files of one of OpenAI's four GPT-2s."""
+    if name not in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
+        raise ValueError(f"{name!r} is neither a directory nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(f'openai-community/{name}', allow_patterns=['config.json', 'model.safetensors'])
+    except Exception as e:
+        raise ValueError(f"could not fetch {name} weights from the Hugging Face Hub "
+                         f"(no network, and not in the cache?): {type(e).__name__}") from None
+
+
+def _read_weights(path):
+    st = os.path.join(path, 'model.safetensors')
+    if os.path.exists(st):
+        from safetensors.torch import load_file
+        return load_file(st)
+    return torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True)

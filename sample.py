@@ -1,0 +1,91 @@
+"""
+Sample from a trained model
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
+"""
+import os
+
+import torch
+
+from common import (die, get_tokenizer, load_checkpoint, load_meta, maybe_compile, model_from_checkpoint,
+                    setup_device)
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
+out_dir = 'out'  # ignored if init_from is not 'resume'
+start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy
+top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+seed = 1337
+device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from command line or config file
+# -----------------------------------------------------------------------------
+
+if max_new_tokens <= 0:
+    die(f"max_new_tokens must be positive, got {max_new_tokens}")
+if num_samples <= 0:
+    die(f"num_samples must be positive, got {num_samples}")
+if temperature < 0:
+    die(f"temperature must be >= 0, got {temperature}")
+if top_k <= 0:
+    die(f"top_k must be positive, got {top_k}")
+
+torch.manual_seed(seed)
+device, dtype, ctx = setup_device(device, dtype)
+
+# model
+meta = None
+if init_from == 'resume':
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    model = model_from_checkpoint(checkpoint, dropout=0.0)
+    # a character-level model samples with its dataset's vocabulary
+    dataset = checkpoint.get('config', {}).get('dataset')
+    if dataset:
+        meta = load_meta(os.path.join('data', dataset))
+    checkpoint = None
+else:
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except (ValueError, OSError) as e:
+        die(str(e))
+model.eval()
+model.to(device)
+model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
+
+# tokenizer: the dataset's characters, else GPT-2 BPE
+if meta is not None:
+    print(f"Loading character vocabulary of {dataset} ({meta['vocab_size']} characters)")
+else:
+    print("No meta.json found, assuming GPT-2 encodings...")
+encode, decode = get_tokenizer(meta)
+
+# encode the beginning of the prompt
+if start.startswith('FILE:'):
+    path = start[5:]
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            start = f.read()
+    except FileNotFoundError:
+        die(f"prompt file {path} does not exist")
+    except UnicodeDecodeError:
+        die(f"prompt file {path} is not UTF-8 text")
+    except OSError as e:
+        die(f"cannot read prompt file {path}: {e.strerror}")
+if not start:
+    die("the prompt is empty (give --start=... some text)")
+start_ids = encode(start)
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+
+# run generation
+with torch.no_grad():
+    with ctx:
+        for k in range(num_samples):
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
+            print(decode(y[0].tolist()))
+            print('---------------')

@@ -1,0 +1,76 @@
+"""
+model.py on its own: exact equality with Hugging Face GPT-2 on the same (random) weights,
+last-position logits at inference, block-size surgery, optimizer groups, MFU and
+generation. Run: python -m pytest tests/test_model.py
+"""
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from model import GPT, GPTConfig
+
+
+@pytest.mark.parametrize('shape', [
+    dict(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101),  # odd heads, odd vocab
+    dict(n_layer=1, n_head=4, n_embd=64, n_positions=64, vocab_size=128),
+])
+def test_logits_equal_hugging_face(tmp_path, shape):
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    assert ours.config.activation == 'gelu_tanh' and ours.config.block_size == shape['n_positions']
+    x = torch.randint(0, shape['vocab_size'], (2, shape['n_positions']))
+    with torch.no_grad():
+        ref = hf(x, labels=x)
+        logits, _ = ours(x, x)
+        # HF shifts labels inside; our targets are the next tokens
+        _, loss = ours(x[:, :-1], x[:, 1:])
+    assert (logits - ref.logits).abs().max().item() < 1e-5
+    assert abs(loss.item() - ref.loss.item()) < 1e-5
+    greedy_hf = hf.generate(x[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    greedy = x[:, :4]
+    for _ in range(8):
+        greedy = torch.cat([greedy, ours(greedy)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(greedy, greedy_hf)
+
+
+def test_inference_computes_last_position_only():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)).eval()
+    x = torch.randint(0, 11, (3, 8))
+    logits, loss = model(x)
+    full, _ = model(x, x)
+    assert loss is None and logits.shape == (3, 1, 11)
+    assert torch.allclose(logits[:, 0], full[:, -1], atol=1e-6)
+
+
+def test_crop_block_size_and_generate_past_it():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=11)).eval()
+    model.crop_block_size(8)
+    assert model.config.block_size == 8 and model.transformer.wpe.weight.shape == (8, 16)
+    out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=12, top_k=5)
+    assert out.shape == (2, 15) and out.max() < 11
+
+
+def test_optimizer_decays_matrices_only():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    decay, no_decay = opt.param_groups
+    assert decay['weight_decay'] == 0.1 and all(p.dim() == 2 for p in decay['params'])
+    assert no_decay['weight_decay'] == 0.0 and all(p.dim() == 1 for p in no_decay['params'])
+    assert len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
+    assert opt.defaults['fused']  # fused AdamW on CPU
+
+
+def test_mfu_needs_a_peak():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
+    assert model.estimate_mfu(4, 0.01, None) is None
+    flops = model.flops_per_token() * 8 * 4 / 0.01
+    assert model.estimate_mfu(4, 0.01, 2 * flops) == pytest.approx(0.5)
+
+
+def test_checkpoint_args_are_nanogpts_seven():
+    cfg = GPTConfig(activation='gelu_tanh')
+    assert set(cfg.model_args()) == {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
+    assert cfg.model_options() == {'activation': 'gelu_tanh'}

@@ -1,0 +1,34 @@
+"""
+data/shakespeare_char/prepare.py on a small local text: 90/10 split, uint16 ids, a JSON
+vocabulary, and a one-line error when there is neither input.txt nor network.
+Run: python -m pytest tests/test_prepare.py
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+
+from conftest import REPO, TEXT, run
+
+
+def test_prepare_char_dataset(repo):
+    data = os.path.join(repo, 'data', 'tiny_char')
+    meta = json.load(open(os.path.join(data, 'meta.json')))
+    itos = meta['itos']
+    assert meta['vocab_size'] == len(itos) == len(set(TEXT)) and itos == sorted(set(TEXT))
+    train = np.fromfile(os.path.join(data, 'train.bin'), dtype=np.uint16)
+    val = np.fromfile(os.path.join(data, 'val.bin'), dtype=np.uint16)
+    assert len(train) == int(len(TEXT) * 0.9) and len(train) + len(val) == len(TEXT)
+    assert ''.join(itos[i] for i in np.concatenate([train, val])) == TEXT
+
+
+def test_prepare_offline_without_input(tmp_path):
+    shutil.copy(os.path.join(REPO, 'data', 'shakespeare_char', 'prepare.py'), tmp_path)
+    # an unroutable proxy makes the download fail at once, as it does on an offline machine
+    env = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
+    p = run(str(tmp_path), 'prepare.py', env=env, check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().startswith('error: could not download tinyshakespeare')
+    assert f"put the file at {tmp_path / 'input.txt'}" in p.stderr
+    assert not os.path.exists(tmp_path / 'train.bin')

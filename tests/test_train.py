@@ -1,0 +1,93 @@
+"""
+End to end, as a user runs it: train.py writes a checkpoint, init_from=resume continues it
+(bit for bit), sample.py prints text from it, and checkpoints written by nanoGPT (with
+'_orig_mod.' prefixes) still resume and sample. Run: python -m pytest tests/test_train.py
+"""
+import os
+import re
+
+import torch
+
+from conftest import TINY, run
+
+MODEL_ARGS = {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
+
+
+def iter_losses(stdout):
+    return {int(i): float(l) for i, l in re.findall(r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu ', stdout, re.M)}
+
+
+def test_train_writes_plain_nanogpt_checkpoint(trained):
+    ckpt = torch.load(os.path.join(trained, 'out', 'ckpt.pt'), weights_only=True)
+    assert {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config'} <= set(ckpt)
+    assert set(ckpt['model_args']) == MODEL_ARGS  # nanoGPT's GPTConfig(**model_args) accepts it
+    assert ckpt['model_options'] == {'activation': 'gelu'}
+    assert ckpt['iter_num'] == 10 and ckpt['config']['dataset'] == 'tiny_char'
+    assert all(k.startswith(('transformer.', 'lm_head.')) for k in ckpt['model'])  # no _orig_mod./module.
+
+
+def test_training_lowers_the_loss(repo):
+    out = run(repo, 'train.py', *TINY, '--max_iters=30', '--eval_interval=30', '--lr_decay_iters=30',
+               '--learning_rate=1e-2').stdout
+    steps = [float(v) for v in re.findall(r'^step \d+: train loss [\d.]+, val loss ([\d.]+)', out, re.M)]
+    assert len(steps) == 2 and steps[1] < steps[0] - 0.5, out
+
+
+def test_resume_is_exact(repo):
+    """Stopped at 10 and resumed to 15 equals 15 in one go: same losses, same weights."""
+    common = [*TINY, '--eval_interval=5', '--dropout=0.1']
+    straight = run(repo, 'train.py', *common, '--max_iters=15', '--out_dir=straight').stdout
+    run(repo, 'train.py', *common, '--max_iters=10', '--out_dir=stopped')
+    resumed = run(repo, 'train.py', *common, '--max_iters=15', '--out_dir=stopped', '--init_from=resume').stdout
+    assert 'step 10:' in resumed and min(iter_losses(resumed)) == 10
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert all(a[i] == b[i] for i in range(10, 16))
+    wa = torch.load(os.path.join(repo, 'straight', 'ckpt.pt'), weights_only=True)
+    wb = torch.load(os.path.join(repo, 'stopped', 'ckpt.pt'), weights_only=True)
+    assert wa['iter_num'] == wb['iter_num'] == 15
+    assert all(torch.equal(wa['model'][k], wb['model'][k]) for k in wa['model'])
+
+
+def test_sample_prints_text(trained):
+    out = run(trained, 'sample.py', '--out_dir=out', '--num_samples=2', '--max_new_tokens=30', '--start=First').stdout
+    assert 'Loading character vocabulary of tiny_char' in out
+    samples = out.split('---------------')
+    assert len(samples) == 3
+    assert samples[0].split('\n', 1)[1].startswith('First') and samples[1].startswith('\nFirst')
+
+
+def test_sample_unknown_character(trained):
+    p = run(trained, 'sample.py', '--out_dir=out', '--start=a@b', check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip() == "error: the prompt has the character '@', which is not in the model's vocabulary"
+
+
+def test_nanogpt_checkpoint_with_orig_mod_prefix(trained):
+    """A checkpoint as nanoGPT writes it after torch.compile: prefixed keys, tensor best_val_loss."""
+    ckpt = torch.load(os.path.join(trained, 'out', 'ckpt.pt'), weights_only=True)
+    ckpt['model'] = {'_orig_mod.' + k: v for k, v in ckpt['model'].items()}
+    ckpt['best_val_loss'] = torch.tensor(ckpt['best_val_loss'])
+    del ckpt['model_options']
+    os.makedirs(os.path.join(trained, 'nano'))
+    torch.save(ckpt, os.path.join(trained, 'nano', 'ckpt.pt'))
+    out = run(trained, 'sample.py', '--out_dir=nano', '--num_samples=1', '--max_new_tokens=10').stdout
+    assert out.count('---------------') == 1
+    out = run(trained, 'train.py', *TINY, '--init_from=resume', '--out_dir=nano', '--max_iters=12',
+              '--eval_interval=100').stdout
+    assert sorted(iter_losses(out)) == [10, 11, 12]
+
+
+def test_missing_dataset_names_prepare(repo):
+    p = run(repo, 'train.py', '--dataset=nope', '--device=cpu', check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert 'python data/nope/prepare.py' in p.stderr.strip()
+
+
+def test_wandb_offline_logs_and_resumes_same_run(repo):
+    args = [*TINY, '--wandb_log=True', '--wandb_project=t', '--eval_interval=5', '--out_dir=out']
+    run(repo, 'train.py', *args, '--max_iters=5')
+    run_id = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)['wandb_run_id']
+    run(repo, 'train.py', *args, '--max_iters=10', '--init_from=resume')
+    runs = [d for d in os.listdir(os.path.join(repo, 'wandb')) if d.startswith('offline-run-')]
+    assert len(runs) == 2 and all(d.endswith(run_id) for d in runs), runs
+    assert all(os.path.exists(os.path.join(repo, 'wandb', d, f'run-{run_id}.wandb')) for d in runs)

@@ -1,0 +1,318 @@
+"""
+This training script can be run both on a single device in debug mode,
+and also in a larger training run with distributed data parallel (ddp).
+
+To run on a single GPU, CPU or Mac (the device, dtype and compile settings pick themselves):
+$ python train.py --batch_size=32
+
+To run with DDP on 4 gpus on 1 node, example:
+$ torchrun --standalone --nproc_per_node=4 train.py
+
+To run with DDP on 4 gpus across 2 nodes, example:
+- Run on the first (master) node with example IP 123.456.123.456:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=123.456.123.456 --master_port=1234 train.py
+- Run on the worker node:
+$ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123.456 --master_port=1234 train.py
+(If your cluster does not have Infiniband interconnect prepend NCCL_IB_DISABLE=1)
+"""
+
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import (die, get_batch, load_checkpoint, load_meta, maybe_compile, model_from_checkpoint,
+                    open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
+from model import GPT, GPTConfig
+
+# -----------------------------------------------------------------------------
+# default config values designed to train a gpt2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False  # if True, script exits right after the first eval
+always_save_checkpoint = True  # if True, always save a checkpoint after each eval
+init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory
+# wandb logging
+wandb_log = False  # disabled by default
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'  # 'run' + str(time.time())
+# data
+dataset = 'openwebtext'
+gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes
+batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+bias = False  # do we use bias inside LayerNorm and Linear layers?
+activation = 'gelu'  # 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)
+# adamw optimizer
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+# learning rate decay settings
+decay_lr = True  # whether to decay the learning rate
+warmup_iters = 2000  # how many steps to warm up for
+lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
+min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
+# system
+device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
+backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
+seed = 1337  # batches and dropout follow from (seed, iteration, rank), so resumes are exact
+peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0 looks it up (known GPUs only)
+# -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+exec(open('configurator.py').read())  # overrides from command line or config file
+config = {k: globals()[k] for k in config_keys}  # will be useful for logging
+# -----------------------------------------------------------------------------
+
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval'):
+    if globals()[name] <= 0:
+        die(f"{name} must be positive, got {globals()[name]}")
+
+# various inits, derived attributes, I/O setup
+ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
+ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+if ddp:
+    ddp_rank = int(os.environ['RANK'])
+    ddp_local_rank = int(os.environ['LOCAL_RANK'])
+    ddp_world_size = int(os.environ['WORLD_SIZE'])
+    if gradient_accumulation_steps % ddp_world_size:
+        die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible "
+            f"by the number of processes ({ddp_world_size})")
+    # each process does its share of the micro-steps, so the global batch is unchanged
+    gradient_accumulation_steps //= ddp_world_size
+master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
+device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+device_type = device.split(':')[0]
+if ddp:
+    dist.init_process_group(backend=('nccl' if device_type == 'cuda' else 'gloo') if backend == 'auto' else backend)
+tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+if master_process:
+    print(f"device: {device}, dtype: {dtype}")
+    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(out_dir)
+    except OSError as e:
+        die(f"cannot write to out_dir '{out_dir}': {e}")
+
+# data: memory-mapped once, batches drawn from (seed, iteration, micro-step) alone
+data_dir = os.path.join('data', dataset)
+train_data = open_split(data_dir, 'train', block_size)
+val_data = open_split(data_dir, 'val', block_size)
+
+
+def train_batch(it, micro_step):
+    # numbering micro-steps across ranks makes N processes see exactly the batches
+    # one process would see with N times the gradient accumulation
+    return get_batch(train_data, batch_size, block_size,
+                     (seed, 0, it, ddp_rank * gradient_accumulation_steps + micro_step), device)
+
+
+# the vocab size comes from the dataset's metadata if it has one
+meta = load_meta(data_dir)
+meta_vocab_size = meta['vocab_size'] if meta else None
+
+# model init
+torch.manual_seed(seed)
+iter_num = 0
+best_val_loss = 1e9
+checkpoint = None
+if init_from == 'scratch':
+    if meta_vocab_size is None:
+        print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                          vocab_size=meta_vocab_size or 50304, dropout=dropout, activation=activation))
+elif init_from == 'resume':
+    print(f"Resuming training from {out_dir}")
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    model = model_from_checkpoint(checkpoint, dropout=dropout)
+    iter_num = checkpoint['iter_num']
+    best_val_loss = float(checkpoint['best_val_loss'])
+else:
+    print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+    except (ValueError, OSError) as e:
+        die(str(e))
+# crop down the model block size if desired, using model surgery
+if block_size < model.config.block_size:
+    model.crop_block_size(block_size)
+elif block_size > model.config.block_size:
+    die(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+if meta_vocab_size and model.config.vocab_size < meta_vocab_size:
+    die(f"the dataset has {meta_vocab_size} tokens, the model only {model.config.vocab_size}")
+model.to(device)
+print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+# initialize a GradScaler. If enabled=False scaler is a no-op
+scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+
+# optimizer
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if checkpoint is not None:
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    if 'scaler' in checkpoint:
+        scaler.load_state_dict(checkpoint['scaler'])
+wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
+checkpoint = None  # free up memory
+
+# raw_model is the plain module: it is what gets saved, so checkpoints carry no prefixes
+raw_model = model
+model = maybe_compile(model, compile, device)
+if ddp:
+    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+peak = find_peak_flops(device, peak_flops)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss over eval_iters batches per split: the same batches at every eval."""
+    out = {}
+    model.eval()
+    for split, data in (('train', train_data), ('val', val_data)):
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(data, batch_size, block_size, (seed, 1, k), device)
+            with ctx:
+                logits, loss = model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def get_lr(it):
+    """Linear warmup (non-zero at 0), cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    assert 0 <= decay_ratio <= 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # coeff ranges 0..1
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+# logging
+if wandb_log and master_process:
+    import wandb
+    # a resumed run continues the wandb run its checkpoint names
+    wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
+                              id=wandb_run_id, resume='allow' if wandb_run_id else None).id
+
+# training loop
+X, Y = train_batch(iter_num, 0)  # fetch the very first batch
+t0 = time.time()
+local_iter_num = 0  # number of iterations in the lifetime of this process
+running_mfu = -1.0
+while True:
+
+    # determine and set the learning rate for this iteration
+    lr = get_lr(iter_num) if decay_lr else learning_rate
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+
+    # evaluate the loss on train/val sets and write checkpoints
+    if iter_num % eval_interval == 0 and master_process:
+        losses = estimate_loss()
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if wandb_log:
+            wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
+                       "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
+        if not math.isfinite(losses['val']):
+            die(f"val loss is {losses['val']} at iter {iter_num}; stopping without saving")
+        if losses['val'] < best_val_loss or always_save_checkpoint:
+            best_val_loss = min(best_val_loss, losses['val'])
+            if iter_num > 0:
+                checkpoint = {
+                    'model': raw_model.state_dict(),
+                    'optimizer': optimizer.state_dict(),
+                    'model_args': raw_model.config.model_args(),
+                    'model_options': raw_model.config.model_options(),
+                    'iter_num': iter_num,
+                    'best_val_loss': best_val_loss,
+                    'config': config,
+                }
+                if scaler.is_enabled():
+                    checkpoint['scaler'] = scaler.state_dict()
+                if wandb_run_id:
+                    checkpoint['wandb_run_id'] = wandb_run_id
+                print(f"saving checkpoint to {out_dir}")
+                save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+                checkpoint = None
+    if iter_num == 0 and eval_only:
+        break
+
+    # dropout masks, like the batches, depend only on (seed, iteration, rank)
+    torch.manual_seed(hash((seed, iter_num, ddp_rank)) % 2**63)
+    # forward backward update, with optional gradient accumulation to simulate larger batch size
+    loss_accum = torch.zeros((), device=device)
+    for micro_step in range(gradient_accumulation_steps):
+        # under DDP, sync gradients only at the last micro step
+        last = micro_step == gradient_accumulation_steps - 1
+        with (model.no_sync() if ddp and not last else nullcontext()):
+            with ctx:
+                logits, loss = model(X, Y)
+                loss = loss / gradient_accumulation_steps  # scale the loss to account for gradient accumulation
+            # immediately async prefetch next batch while model is doing the forward pass on the GPU
+            X, Y = train_batch(iter_num + last, 0 if last else micro_step + 1)
+            # backward pass, with gradient scaling if training in fp16
+            scaler.scale(loss).backward()
+        loss_accum += loss.detach()
+    # clip the gradient
+    if grad_clip != 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    # step the optimizer and scaler if training in fp16
+    scaler.step(optimizer)
+    scaler.update()
+    # flush the gradients as soon as we can, no need for this memory anymore
+    optimizer.zero_grad(set_to_none=True)
+
+    # timing and logging
+    t1 = time.time()
+    dt = t1 - t0
+    t0 = t1
+    if iter_num % log_interval == 0:
+        if ddp:  # the loss of the whole batch: the mean over ranks
+            dist.all_reduce(loss_accum)
+            loss_accum /= ddp_world_size
+        lossf = loss_accum.item()  # a CPU-GPU sync point, so only every log_interval
+        if not math.isfinite(lossf):
+            die(f"loss is {lossf} at iter {iter_num}; stopping (the last checkpoint in {out_dir} is untouched)")
+        if master_process:
+            if local_iter_num >= 5:  # let the training loop settle a bit
+                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)  # per device
+                if mfu is not None:
+                    running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
+            mfu_str = f"{running_mfu * 100:.2f}%" if peak else "n/a"  # unknown device: set peak_flops
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}")
+    iter_num += 1
+    local_iter_num += 1
+
+    # termination conditions
+    if iter_num > max_iters:
+        break
+
+if wandb_log and master_process:
+    wandb.finish()
+if ddp:
+    dist.barrier()  # gloo aborts if a rank tears down while another still works
+    dist.destroy_process_group()
