@@ -177,9 +177,11 @@ def load_checkpoint(path):
 
 def model_from_checkpoint(checkpoint, **overrides):
     """The GPT a checkpoint describes, with its weights; overrides (e.g. dropout) replace config fields."""
-    fields = GPTConfig.__dataclass_fields__
     args = {**checkpoint['model_args'], **checkpoint.get('model_options', {}), **overrides}
-    model = GPT(GPTConfig(**{k: v for k, v in args.items() if k in fields}))
+    unknown = set(args) - set(GPTConfig.__dataclass_fields__)
+    if unknown:
+        die(f"the checkpoint's model has options this model.py does not know: {', '.join(sorted(unknown))}")
+    model = GPT(GPTConfig(**args))
     try:
         model.load_state_dict(strip_prefixes(checkpoint['model']))
     except RuntimeError as e:

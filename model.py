@@ -220,14 +220,11 @@ class GPT(nn.Module):
                            dropout=override_args.get('dropout', 0.0),
                            activation='gelu' if act == 'gelu' else 'gelu_tanh')
 
-        sd_hf = _read_weights(path)
         sd = {}
-        for k, v in sd_hf.items():
+        for k, v in _read_weights(path, transpose=lambda k: k.endswith(cls._conv1d)):
             k = k.removeprefix('transformer.')
             if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
                 continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
-            if k.endswith(cls._conv1d):
-                v = v.t().contiguous()
             sd['transformer.' + k] = v
         with torch.device('meta'):
             model = cls(config)
@@ -238,6 +235,47 @@ class GPT(nn.Module):
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
         return model
+
+    def save_pretrained(self, directory, vocab_size=None):
+        """
+        Write the model as a Hugging Face GPT-2 directory (config.json, model.safetensors) that
+        transformers' GPT2LMHeadModel.from_pretrained loads, with the same logits. A vocabulary
+        padded for speed (50304) is cut back to GPT-2's 50257 (or to vocab_size); a model without
+        biases gets zero biases, which compute the same thing.
+        """
+        cfg = self.config
+        if cfg.activation not in ('gelu', 'gelu_tanh'):
+            raise ValueError(f"Hugging Face GPT-2 cannot represent activation={cfg.activation!r}")
+        vocab = vocab_size or (50257 if cfg.vocab_size == 50304 else cfg.vocab_size)
+        if vocab > cfg.vocab_size:
+            raise ValueError(f"vocab_size {vocab} is larger than the model's {cfg.vocab_size}")
+        sd = {}
+        for k, v in self.state_dict().items():
+            if k == 'lm_head.weight':
+                continue  # tied to wte
+            if k.endswith(self._conv1d):
+                v = v.t()
+            sd[k] = (v[:vocab] if k == 'transformer.wte.weight' else v).detach().cpu().contiguous()
+        if not cfg.bias:
+            C = cfg.n_embd
+            widths = {'ln_1': C, 'ln_2': C, 'attn.c_attn': 3 * C, 'attn.c_proj': C, 'mlp.c_fc': 4 * C, 'mlp.c_proj': C}
+            for i in range(cfg.n_layer):
+                for name, width in widths.items():
+                    sd[f'transformer.h.{i}.{name}.bias'] = torch.zeros(width)
+            sd['transformer.ln_f.bias'] = torch.zeros(C)
+        hf = dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', vocab_size=vocab,
+                  n_positions=cfg.block_size, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+                  n_head=cfg.n_head, n_inner=None, layer_norm_epsilon=1e-5, initializer_range=0.02,
+                  activation_function='gelu_new' if cfg.activation == 'gelu_tanh' else 'gelu',
+                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                  scale_attn_weights=True, tie_word_embeddings=True, use_cache=True)
+        eot = 50256 if vocab > 50256 else None  # GPT-2's <|endoftext|>, if the vocabulary has it
+        hf.update(bos_token_id=eot, eos_token_id=eot)
+        from safetensors.torch import save_file
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, 'config.json'), 'w') as f:
+            json.dump(hf, f, indent=2)
+        save_file(sd, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""
@@ -299,9 +337,42 @@ def _hub_snapshot(name):
                          f"(no network, and not in the cache?): {type(e).__name__}") from None
 
 
-def _read_weights(path):
+_SAFETENSORS_DTYPES = {'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'F64': torch.float64,
+                       'I64': torch.int64, 'I32': torch.int32, 'U8': torch.uint8, 'BOOL': torch.bool}
+
+
+def _read_weights(path, transpose=lambda name: False):
+    """
+    (name, float32 tensor) pairs of a Hugging Face checkpoint directory, one at a time, with the
+    tensors named by transpose transposed. A .safetensors file is an 8-byte header length, a JSON
+    header (name -> dtype, shape, byte range) and the raw bytes: reading them straight into each
+    tensor's own memory, and transposing through a small buffer, keeps the process at about one
+    copy of the weights (a memory map and whole-matrix transposes each cost another).
+    """
     st = os.path.join(path, 'model.safetensors')
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-        return load_file(st)
-    return torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True)
+    if not os.path.exists(st):
+        sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True, mmap=True)
+        for k, v in sd.items():
+            v = v.t().contiguous() if transpose(k) else v
+            yield k, v.float() if v.is_floating_point() else v
+        return
+    with open(st, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(n))
+        header.pop('__metadata__', None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]['data_offsets'][0]):
+            dtype, shape = _SAFETENSORS_DTYPES[info['dtype']], info['shape']
+            f.seek(8 + n + info['data_offsets'][0])
+            if transpose(name):  # (in, out) on disk -> (out, in), a block of rows at a time
+                t = torch.empty(shape[::-1], dtype=torch.float32)
+                rows = max(1, 2**20 // shape[1])
+                for r in range(0, shape[0], rows):
+                    block = torch.empty(min(rows, shape[0] - r), shape[1], dtype=dtype)
+                    f.readinto(memoryview(block.view(-1).view(torch.uint8).numpy()))
+                    t[:, r:r + len(block)] = block.t()
+            else:
+                t = torch.empty(shape, dtype=dtype)
+                if t.numel():
+                    f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy()))
+                t = t.float() if t.is_floating_point() else t
+            yield name, t

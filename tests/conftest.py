@@ -10,7 +10,12 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'model.py', 'common.py', 'configurator.py']
+SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'model.py', 'common.py', 'configurator.py']
+
+# GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
+_cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
+if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(_cache):
+    os.environ['TIKTOKEN_CACHE_DIR'] = _cache
 
 # a small model and dataset that train in seconds on a CPU
 TINY = ['--dataset=tiny_char', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',

@@ -1,38 +1,11 @@
 """
-model.py on its own: exact equality with Hugging Face GPT-2 on the same (random) weights,
-last-position logits at inference, block-size surgery, optimizer groups, MFU and
-generation. Run: python -m pytest tests/test_model.py
+model.py on its own: last-position logits at inference, block-size surgery, optimizer groups,
+MFU and generation (GPT-2 exactness is in test_gpt2.py). Run: python -m pytest tests/test_model.py
 """
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from model import GPT, GPTConfig
-
-
-@pytest.mark.parametrize('shape', [
-    dict(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101),  # odd heads, odd vocab
-    dict(n_layer=1, n_head=4, n_embd=64, n_positions=64, vocab_size=128),
-])
-def test_logits_equal_hugging_face(tmp_path, shape):
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(**shape)).eval()
-    hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
-    assert ours.config.activation == 'gelu_tanh' and ours.config.block_size == shape['n_positions']
-    x = torch.randint(0, shape['vocab_size'], (2, shape['n_positions']))
-    with torch.no_grad():
-        ref = hf(x, labels=x)
-        logits, _ = ours(x, x)
-        # HF shifts labels inside; our targets are the next tokens
-        _, loss = ours(x[:, :-1], x[:, 1:])
-    assert (logits - ref.logits).abs().max().item() < 1e-5
-    assert abs(loss.item() - ref.loss.item()) < 1e-5
-    greedy_hf = hf.generate(x[:, :4], max_new_tokens=8, do_sample=False, pad_token_id=0)
-    greedy = x[:, :4]
-    for _ in range(8):
-        greedy = torch.cat([greedy, ours(greedy)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(greedy, greedy_hf)
 
 
 def test_inference_computes_last_position_only():

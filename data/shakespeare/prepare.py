@@ -1,0 +1,45 @@
+"""
+Prepare tiny shakespeare for GPT-2: GPT-2 BPE token ids in train.bin and val.bin (uint16)
+beside this file. Uses input.txt here if present, else downloads it.
+"""
+import os
+import sys
+import time
+import urllib.request
+
+import numpy as np
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for common.py
+from common import gpt2_encoding  # noqa: E402
+
+input_file_path = os.path.join(here, 'input.txt')
+if not os.path.exists(input_file_path):
+    data_url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+    try:
+        with urllib.request.urlopen(data_url, timeout=30) as r:
+            text = r.read().decode('utf-8')
+    except OSError as e:
+        sys.exit(f"error: could not download tinyshakespeare ({e}); "
+                 f"put the file at {input_file_path} and run this again")
+    with open(input_file_path, 'w', encoding='utf-8') as f:
+        f.write(text)
+
+with open(input_file_path, encoding='utf-8') as f:
+    data = f.read()
+n = len(data)
+train_data = data[:int(n * 0.9)]
+val_data = data[int(n * 0.9):]
+
+# encode with tiktoken's GPT-2 BPE, one thread per core
+enc = gpt2_encoding()
+t0 = time.time()
+train_ids, val_ids = enc.encode_ordinary_batch([train_data, val_data], num_threads=os.cpu_count())
+dt = time.time() - t0
+print(f"train has {len(train_ids):,} tokens")
+print(f"val has {len(val_ids):,} tokens")
+print(f"tokenized {len(train_ids) + len(val_ids):,} tokens in {dt:.2f}s ({(len(train_ids) + len(val_ids)) / dt:,.0f} tokens/s)")
+
+# export to bin files
+np.array(train_ids, dtype=np.uint16).tofile(os.path.join(here, 'train.bin'))
+np.array(val_ids, dtype=np.uint16).tofile(os.path.join(here, 'val.bin'))

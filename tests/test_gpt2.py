@@ -1,0 +1,203 @@
+"""
+GPT-2 in and out, offline, with randomly initialised Hugging Face models saved to temporary
+directories (the minGPT parity test, made exact): Hugging Face -> our GPT -> save_pretrained ->
+Hugging Face gives equal logits (1e-5) and identical greedy tokens at each hop; init_from a
+local directory in train.py and sample.py; GPT-2 BPE data preparation; export.py.
+Run: python -m pytest tests/test_gpt2.py
+"""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from common import gpt2_encoding
+from conftest import REPO, TEXT, TINY, run
+from model import GPT, GPTConfig
+
+SHAPES = {
+    'odd-heads-odd-vocab': dict(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101),
+    'short-context': dict(n_layer=3, n_head=4, n_embd=64, n_positions=24, vocab_size=128),
+    'gpt2-vocab': dict(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257),
+}
+
+
+def hf_model(path, seed=0, **shape):
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(**shape, bos_token_id=None, eos_token_id=None)).eval()
+    hf.save_pretrained(path)
+    return hf
+
+
+def hf_greedy(hf, x, n):
+    return hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, pad_token_id=0)
+
+
+def our_greedy(model, x, n):
+    for _ in range(n):
+        x = torch.cat([x, model(x)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
+
+
+@pytest.mark.parametrize('name', SHAPES)
+def test_round_trip_is_exact(tmp_path, name):
+    shape = SHAPES[name]
+    hf = hf_model(tmp_path / 'hf', **shape)
+    ours = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
+    assert ours.config.activation == 'gelu_tanh' and ours.config.block_size == shape['n_positions']
+    ours.save_pretrained(str(tmp_path / 'back'))
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / 'back').eval()
+
+    x = torch.randint(0, shape['vocab_size'], (2, shape['n_positions']))
+    with torch.no_grad():
+        ref = hf(x, labels=x)
+        logits, _ = ours(x, x)
+        _, loss = ours(x[:, :-1], x[:, 1:])  # Hugging Face shifts the labels inside
+        again = back(x, labels=x)
+    assert (logits - ref.logits).abs().max().item() < 1e-5
+    assert abs(loss.item() - ref.loss.item()) < 1e-5
+    assert (again.logits - ref.logits).abs().max().item() < 1e-5
+    prompt, n = x[:, :4], shape['n_positions'] - 4
+    greedy = hf_greedy(hf, prompt, n)
+    assert torch.equal(our_greedy(ours, prompt, n), greedy)
+    assert torch.equal(hf_greedy(back, prompt, n), greedy)
+
+
+def test_export_cuts_padding_and_adds_zero_biases(tmp_path):
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16, vocab_size=50304, bias=False)).eval()
+    ours.save_pretrained(str(tmp_path))
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert hf.config.vocab_size == 50257 and hf.config.activation_function == 'gelu'
+    x = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        assert (ours(x, x)[0][..., :50257] - hf(x).logits).abs().max().item() < 1e-5
+
+
+def test_export_refuses_what_gpt2_cannot_represent(tmp_path):
+    ours = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=11))
+    ours.config.activation = 'relu'
+    with pytest.raises(ValueError, match="cannot represent activation='relu'"):
+        ours.save_pretrained(str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
+def test_loading_holds_one_copy(tmp_path):
+    """The weights are adopted, not copied: our parameters are the tensors read from disk."""
+    hf_model(tmp_path, **SHAPES['short-context'])
+    model = GPT.from_pretrained(str(tmp_path))
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_sample_from_local_directory(tmp_path):
+    hf_model(tmp_path / 'tiny-gpt2', **SHAPES['gpt2-vocab'])
+    out = run(REPO, 'sample.py', f'--init_from={tmp_path / "tiny-gpt2"}', '--start=Hello, my name is',
+              '--num_samples=2', '--max_new_tokens=20', '--device=cpu').stdout
+    assert 'assuming GPT-2 encodings' in out
+    samples = out.split('---------------')
+    assert len(samples) == 3 and all('Hello, my name is' in s for s in samples[:2])
+
+
+def test_hub_name_offline_is_one_line(tmp_path):
+    p = run(REPO, 'sample.py', '--init_from=gpt2-xl', '--device=cpu', check=False,
+            env={'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path)})
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().startswith('error: could not fetch gpt2-xl weights from the Hugging Face Hub')
+
+
+@pytest.fixture(scope='module')
+def bpe_repo(tmp_path_factory):
+    """A repo copy with data/shakespeare prepared (BPE) from TEXT and a small GPT-2 directory."""
+    from conftest import make_repo
+    path = make_repo(tmp_path_factory.mktemp('bpe'))
+    data = os.path.join(path, 'data', 'shakespeare')
+    os.makedirs(data)
+    shutil.copy(os.path.join(REPO, 'data', 'shakespeare', 'prepare.py'), data)
+    with open(os.path.join(data, 'input.txt'), 'w') as f:
+        f.write(TEXT)
+    run(path, 'data/shakespeare/prepare.py')
+    hf_model(os.path.join(path, 'tiny-gpt2'), **SHAPES['gpt2-vocab'])
+    return path
+
+
+def test_prepare_shakespeare_bpe(bpe_repo):
+    enc = gpt2_encoding()
+    ids = [np.fromfile(os.path.join(bpe_repo, 'data', 'shakespeare', f'{s}.bin'), dtype=np.uint16) for s in ('train', 'val')]
+    n = len(TEXT)
+    assert enc.decode(ids[0].tolist()) == TEXT[:int(n * 0.9)]
+    assert enc.decode(ids[1].tolist()) == TEXT[int(n * 0.9):]
+
+
+def test_finetune_config_improves_val_loss(bpe_repo):
+    out = run(bpe_repo, 'train.py', 'config/finetune_shakespeare.py', '--init_from=tiny-gpt2', '--block_size=32',
+              '--max_iters=10', '--eval_interval=10', '--eval_iters=5', '--gradient_accumulation_steps=2',
+              '--batch_size=4', '--learning_rate=1e-2', '--device=cpu', '--out_dir=ft').stdout
+    val = [float(v) for v in re.findall(r'^step \d+: train loss [\d.]+, val loss ([\d.]+)', out, re.M)]
+    assert len(val) == 2 and val[1] < val[0] - 0.5, out
+    ckpt = torch.load(os.path.join(bpe_repo, 'ft', 'ckpt.pt'), weights_only=True)
+    assert ckpt['model_args']['block_size'] == 32  # cropped, and recorded so
+    assert ckpt['model_options'] == {'activation': 'gelu_tanh'}
+    # the finetuned model samples BPE text, and exports back to Hugging Face
+    out = run(bpe_repo, 'sample.py', '--out_dir=ft', '--num_samples=1', '--max_new_tokens=5', '--start=First').stdout
+    assert 'assuming GPT-2 encodings' in out and out.count('---------------') == 1
+    run(bpe_repo, 'export.py', '--out_dir=ft')
+    hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
+    assert json.load(open(os.path.join(bpe_repo, 'ft', 'hf', 'config.json')))['n_positions'] == 32
+    from common import model_from_checkpoint
+    ours = model_from_checkpoint(ckpt).eval()
+    x = torch.randint(0, 50257, (1, 32))
+    with torch.no_grad():
+        assert (ours(x, x)[0] - hf(x).logits).abs().max().item() < 1e-5
+
+
+def test_eval_config_prints_losses_only(bpe_repo):
+    out = run(bpe_repo, 'train.py', 'config/eval_gpt2.py', '--init_from=tiny-gpt2', '--dataset=shakespeare',
+              '--block_size=32', '--eval_iters=2', '--device=cpu', '--out_dir=ev').stdout
+    assert re.search(r'^step 0: train loss [\d.]+, val loss [\d.]+$', out, re.M)
+    assert not re.search(r'^iter ', out, re.M)
+
+
+def test_prepare_openwebtext_from_local_files(tmp_path):
+    docs = [f"Document {i}: the quick brown fox, café {i * i}.\nSecond line.\n" for i in range(40)]
+    with open(tmp_path / 'docs.jsonl', 'w') as f:
+        f.writelines(json.dumps({'text': d}) + '\n' for d in docs)
+    run(REPO, 'data/openwebtext/prepare.py', f'--data_files={tmp_path / "docs.jsonl"}', f'--out_dir={tmp_path / "out"}',
+        '--num_proc=2', '--val_fraction=0.1', env={'HF_HOME': str(tmp_path / 'hf')})
+    enc = gpt2_encoding()
+    got = []
+    for split in ('train', 'val'):
+        ids = np.fromfile(tmp_path / 'out' / f'{split}.bin', dtype=np.uint16).tolist()
+        assert ids[-1] == enc.eot_token
+        got += enc.decode(ids).split('<|endoftext|>')[:-1]
+    assert sorted(got) == sorted(docs)
+    assert len(np.fromfile(tmp_path / 'out' / 'val.bin', dtype=np.uint16)) > 0
+
+
+def test_prepare_openwebtext_text_files_are_documents(tmp_path):
+    for i in range(3):
+        (tmp_path / f'd{i}.txt').write_text(f"line one of {i}\nline two\n")
+    run(REPO, 'data/openwebtext/prepare.py', f'--data_files={tmp_path}/*.txt', f'--out_dir={tmp_path / "out"}',
+        '--num_proc=1', env={'HF_HOME': str(tmp_path / 'hf')})
+    enc = gpt2_encoding()
+    ids = np.concatenate([np.fromfile(tmp_path / 'out' / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')])
+    assert (ids == enc.eot_token).sum() == 3
+
+
+def test_pytorch_model_bin_directory(tmp_path):
+    """Older checkpoints: pytorch_model.bin, keys without 'transformer.', causal-mask buffers."""
+    shape = SHAPES['odd-heads-odd-vocab']
+    hf = hf_model(tmp_path / 'st', **shape)
+    os.makedirs(tmp_path / 'bin')
+    shutil.copy(tmp_path / 'st' / 'config.json', tmp_path / 'bin')
+    sd = {k.removeprefix('transformer.'): v for k, v in hf.state_dict().items() if k != 'lm_head.weight'}
+    sd['h.0.attn.bias'] = torch.tril(torch.ones(1, 1, 32, 32))
+    torch.save(sd, tmp_path / 'bin' / 'pytorch_model.bin')
+    ours = GPT.from_pretrained(str(tmp_path / 'bin')).eval()
+    x = torch.randint(0, shape['vocab_size'], (2, 32))
+    with torch.no_grad():
+        assert (ours(x, x)[0] - hf(x).logits).abs().max().item() < 1e-5
