@@ -152,27 +152,62 @@ def strip_prefixes(state_dict):
     return out
 
 
-def save_checkpoint(checkpoint, path):
-    """Write to a temporary file beside path, then rename: path is always a complete checkpoint."""
+def _atomic_save(obj, path):
+    """Write to a temporary file beside path, then rename: path is always complete, old or new."""
     tmp = path + '.tmp'
     with open(tmp, 'wb') as f:
-        torch.save(checkpoint, f)
+        torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """A checkpoint dict, read safely (tensors and plain values only), or a one-line error."""
+def save_checkpoint(out_dir, checkpoint, optimizer_state):
+    """
+    out_dir/ckpt.pt holds the model and what describes it (about the size of the weights, all
+    that sample.py and export.py read); the optimizer state, twice that size, goes to
+    out_dir/optimizer-<iter>.pt, which ckpt.pt names. The optimizer file is written first and the
+    previous one removed last, so a kill at any moment leaves a ckpt.pt whose optimizer file exists.
+    """
+    name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
+    _atomic_save(optimizer_state, os.path.join(out_dir, name))
+    _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+    for f in os.listdir(out_dir):
+        if f.startswith('optimizer-') and f != name:
+            os.remove(os.path.join(out_dir, f))
+
+
+def _load(path, trust):
+    try:
+        return torch.load(path, map_location='cpu', weights_only=not trust)
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function inside
+            die(f"{path} holds Python objects besides tensors and plain values, which could run code "
+                f"when loaded; if you trust the file, pass --trust_checkpoint=True")
+        die(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
+
+
+def load_checkpoint(path, trust=False):
+    """
+    A checkpoint dict, read safely (weights_only: tensors and plain values, no code runs), or a
+    one-line error. trust=True allows arbitrary pickled objects, for old files one trusts.
+    """
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or check --out_dir)")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        die(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
+    checkpoint = _load(path, trust)
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         die(f"{path} is not a GPT checkpoint (no 'model' and 'model_args')")
     return checkpoint
+
+
+def load_optimizer_state(out_dir, checkpoint, trust=False):
+    """The optimizer and grad-scaler state saved with a checkpoint: its own file, or inside it (nanoGPT)."""
+    if 'optimizer_file' not in checkpoint:
+        return {'optimizer': checkpoint['optimizer'], 'scaler': checkpoint.get('scaler')}
+    path = os.path.join(out_dir, checkpoint['optimizer_file'])
+    if not os.path.isfile(path):
+        die(f"{path}, the optimizer state of {os.path.join(out_dir, 'ckpt.pt')}, is missing")
+    return _load(path, trust)
 
 
 def model_from_checkpoint(checkpoint, **overrides):

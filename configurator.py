@@ -7,7 +7,8 @@ runs config/override_file.py (plain assignments), then sets batch_size to 32. Ea
 must already be a setting of the script (one of its globals of type bool, int, float, str
 or None) and keep its type: an int is fine for a float, True/False for a bool, and a
 setting whose default is None takes any value the script then checks. Anything else is
-one line on stderr and exit status 2, before the script does any work.
+one line on stderr and exit status 2, before the script does any work. The names that were
+set are left in the script's global _set_keys, for checks that only apply to what was asked.
 """
 import sys as _sys
 
@@ -57,6 +58,7 @@ def _configure(argv, g):
         got = raw if raw is not None else repr(value)
         fail(f"{key} expects {want}, got {got}")
 
+    g['_set_keys'] = set_keys = set()
     for arg in argv:
         if arg.startswith('--'):
             key, eq, raw = arg[2:].partition('=')
@@ -67,6 +69,7 @@ def _configure(argv, g):
             except (SyntaxError, ValueError):
                 value = raw
             g[key] = check(key, value, raw)
+            set_keys.add(key)
         elif arg.endswith('.py') or os.sep in arg:
             if not os.path.isfile(arg):
                 fail(f"config file '{arg}' does not exist")
@@ -83,6 +86,7 @@ def _configure(argv, g):
                 if key.startswith('_') or callable(value) or type(value).__name__ == 'module':
                     continue  # builtins, imports and helpers of the config file
                 g[key] = check(key, value)
+                set_keys.add(key)
         else:
             fail(f"'{arg}' is neither a config file (.py) nor --key=value")
 

@@ -12,12 +12,13 @@ from common import die, load_checkpoint, model_from_checkpoint
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
 export_dir = ''  # where to write the Hugging Face directory; '' means out_dir/hf
+trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 vocab_size = 0  # vocabulary to export; 0 cuts a padded 50304 back to GPT-2's 50257, else keeps it
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt')), dropout=0.0)
+model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint), dropout=0.0)
 export_dir = export_dir or os.path.join(out_dir, 'hf')
 try:
     model.save_pretrained(export_dir, vocab_size=vocab_size or None)

@@ -14,6 +14,7 @@ from model import GPT
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
 out_dir = 'out'  # ignored if init_from is not 'resume'
+trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
 num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
@@ -42,7 +43,7 @@ device, dtype, ctx = setup_device(device, dtype)
 # model
 meta = None
 if init_from == 'resume':
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
     model = model_from_checkpoint(checkpoint, dropout=0.0)
     # a character-level model samples with its dataset's vocabulary
     dataset = checkpoint.get('config', {}).get('dataset')
@@ -54,6 +55,9 @@ else:
         model = GPT.from_pretrained(init_from, dict(dropout=0.0))
     except (ValueError, OSError) as e:
         die(str(e))
+vocab_size = meta['vocab_size'] if meta else model.config.vocab_size
+if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
+    die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.eval()
 model.to(device)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward

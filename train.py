@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (die, get_batch, load_checkpoint, load_meta, maybe_compile, model_from_checkpoint,
-                    open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
+from common import (die, get_batch, load_checkpoint, load_meta, load_optimizer_state, maybe_compile,
+                    model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -39,6 +39,7 @@ eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory
+trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 # wandb logging
 wandb_log = False  # disabled by default
 wandb_project = 'owt'
@@ -141,7 +142,12 @@ if init_from == 'scratch':
                           vocab_size=meta_vocab_size or 50304, dropout=dropout, activation=activation))
 elif init_from == 'resume':
     print(f"Resuming training from {out_dir}")
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
+    # the checkpoint decides the model's shape; one asked for explicitly must agree with it
+    saved = {'activation': GPTConfig.activation, **checkpoint['model_args'], **checkpoint.get('model_options', {})}
+    for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'activation'):
+        if k in _set_keys and globals()[k] != saved[k]:
+            die(f"the checkpoint in {out_dir} has {k}={saved[k]}, but {k}={globals()[k]} was asked")
     model = model_from_checkpoint(checkpoint, dropout=dropout)
     iter_num = checkpoint['iter_num']
     best_val_loss = float(checkpoint['best_val_loss'])
@@ -167,9 +173,11 @@ scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
 # optimizer
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 if checkpoint is not None:
-    optimizer.load_state_dict(checkpoint['optimizer'])
-    if 'scaler' in checkpoint:
-        scaler.load_state_dict(checkpoint['scaler'])
+    state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint)
+    optimizer.load_state_dict(state['optimizer'])
+    if state.get('scaler'):
+        scaler.load_state_dict(state['scaler'])
+    state = None
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
 checkpoint = None  # free up memory
 
@@ -217,7 +225,15 @@ if wandb_log and master_process:
     wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
                               id=wandb_run_id, resume='allow' if wandb_run_id else None).id
 
+def stop_if_not_finite():
+    """A NaN/Inf training loss stops the run before it can reach a checkpoint (a sync: call rarely)."""
+    bad = int(first_bad_iter)
+    if bad >= 0:
+        die(f"the training loss is not finite at iter {bad}; stopping (the last checkpoint in {out_dir} is untouched)")
+
+
 # training loop
+first_bad_iter = torch.tensor(-1, device=device)  # the first iteration whose loss was NaN/Inf, kept on device
 X, Y = train_batch(iter_num, 0)  # fetch the very first batch
 t0 = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
@@ -231,31 +247,30 @@ while True:
 
     # evaluate the loss on train/val sets and write checkpoints
     if iter_num % eval_interval == 0 and master_process:
+        stop_if_not_finite()
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if wandb_log:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                        "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
         if not math.isfinite(losses['val']):
-            die(f"val loss is {losses['val']} at iter {iter_num}; stopping without saving")
+            die(f"val loss is {losses['val']} at iter {iter_num}; stopping (the last checkpoint in {out_dir} is untouched)")
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
                 checkpoint = {
                     'model': raw_model.state_dict(),
-                    'optimizer': optimizer.state_dict(),
                     'model_args': raw_model.config.model_args(),
                     'model_options': raw_model.config.model_options(),
                     'iter_num': iter_num,
                     'best_val_loss': best_val_loss,
                     'config': config,
                 }
-                if scaler.is_enabled():
-                    checkpoint['scaler'] = scaler.state_dict()
                 if wandb_run_id:
                     checkpoint['wandb_run_id'] = wandb_run_id
                 print(f"saving checkpoint to {out_dir}")
-                save_checkpoint(checkpoint, os.path.join(out_dir, 'ckpt.pt'))
+                save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
+                                                      'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
     if iter_num == 0 and eval_only:
         break
@@ -276,6 +291,7 @@ while True:
             # backward pass, with gradient scaling if training in fp16
             scaler.scale(loss).backward()
         loss_accum += loss.detach()
+    first_bad_iter = torch.where((first_bad_iter < 0) & ~loss_accum.isfinite(), iter_num, first_bad_iter)
     # clip the gradient
     if grad_clip != 0.0:
         scaler.unscale_(optimizer)
@@ -295,8 +311,7 @@ while True:
             dist.all_reduce(loss_accum)
             loss_accum /= ddp_world_size
         lossf = loss_accum.item()  # a CPU-GPU sync point, so only every log_interval
-        if not math.isfinite(lossf):
-            die(f"loss is {lossf} at iter {iter_num}; stopping (the last checkpoint in {out_dir} is untouched)")
+        stop_if_not_finite()
         if master_process:
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)  # per device

@@ -1,8 +1,8 @@
 """
 DDP on CPU: `torchrun --nproc_per_node=2` (gloo) trains the same model as one process with
 the same global batch (each rank takes half the gradient-accumulation micro-steps, and the
-micro-batches are numbered across ranks, so both see the very same batches).
-Run: python -m pytest tests/test_ddp.py
+micro-batches are numbered across ranks, so both see the very same batches), and a stopped
+DDP run resumes bit for bit. Run: python -m pytest tests/test_ddp.py
 """
 import os
 import re
@@ -28,6 +28,21 @@ def test_two_processes_match_one(repo):
     wa = torch.load(os.path.join(repo, 'one', 'ckpt.pt'), weights_only=True)['model']
     wb = torch.load(os.path.join(repo, 'two', 'ckpt.pt'), weights_only=True)['model']
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= WEIGHT_TOL
+
+
+def test_ddp_resume_is_exact(repo):
+    """Two processes: stopped at 4 and resumed to 8 equals 8 in one go, bit for bit, dropout on."""
+    args = [*TINY, '--gradient_accumulation_steps=4', '--eval_interval=4', '--dropout=0.1']
+    ddp = ['torchrun', '--standalone', '--nproc_per_node=2', 'train.py']
+    straight = run(repo, *ddp, *args, '--max_iters=8', '--out_dir=a').stdout
+    run(repo, *ddp, *args, '--max_iters=4', '--out_dir=b')
+    resumed = run(repo, *ddp, *args, '--max_iters=8', '--out_dir=b', '--init_from=resume').stdout
+    losses = lambda s: dict(re.findall(r'^iter (\d+): loss ([\d.]+)', s, re.M))
+    a, b = losses(straight), losses(resumed)
+    assert sorted(b, key=int) == [str(i) for i in range(4, 9)] and all(a[i] == b[i] for i in b)
+    wa = torch.load(os.path.join(repo, 'a', 'ckpt.pt'), weights_only=True)['model']
+    wb = torch.load(os.path.join(repo, 'b', 'ckpt.pt'), weights_only=True)['model']
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_accumulation_must_divide_by_world_size(repo):

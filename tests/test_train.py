@@ -19,11 +19,22 @@ def iter_losses(stdout):
 
 def test_train_writes_plain_nanogpt_checkpoint(trained):
     ckpt = torch.load(os.path.join(trained, 'out', 'ckpt.pt'), weights_only=True)
-    assert {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config'} <= set(ckpt)
+    assert {'model', 'model_args', 'iter_num', 'best_val_loss', 'config', 'optimizer_file'} <= set(ckpt)
     assert set(ckpt['model_args']) == MODEL_ARGS  # nanoGPT's GPTConfig(**model_args) accepts it
     assert ckpt['model_options'] == {'activation': 'gelu'}
     assert ckpt['iter_num'] == 10 and ckpt['config']['dataset'] == 'tiny_char'
     assert all(k.startswith(('transformer.', 'lm_head.')) for k in ckpt['model'])  # no _orig_mod./module.
+
+
+def test_optimizer_state_is_kept_apart(trained):
+    """ckpt.pt (what sample.py reads) is about the size of the weights; AdamW's two moments live beside it."""
+    out = os.path.join(trained, 'out')
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    weights = sum(v.numel() * v.element_size() for k, v in ckpt['model'].items() if k != 'lm_head.weight')
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'optimizer-00000010.pt']
+    assert ckpt['optimizer_file'] == 'optimizer-00000010.pt'
+    assert os.path.getsize(os.path.join(out, 'ckpt.pt')) < 1.3 * weights
+    assert os.path.getsize(os.path.join(out, 'optimizer-00000010.pt')) > 1.8 * weights
 
 
 def test_training_lowers_the_loss(repo):
@@ -67,6 +78,7 @@ def test_nanogpt_checkpoint_with_orig_mod_prefix(trained):
     ckpt = torch.load(os.path.join(trained, 'out', 'ckpt.pt'), weights_only=True)
     ckpt['model'] = {'_orig_mod.' + k: v for k, v in ckpt['model'].items()}
     ckpt['best_val_loss'] = torch.tensor(ckpt['best_val_loss'])
+    ckpt['optimizer'] = torch.load(os.path.join(trained, 'out', ckpt.pop('optimizer_file')), weights_only=True)['optimizer']
     del ckpt['model_options']
     os.makedirs(os.path.join(trained, 'nano'))
     torch.save(ckpt, os.path.join(trained, 'nano', 'ckpt.pt'))

@@ -1,0 +1,233 @@
+"""
+Reliability: exact resume (with gradient accumulation and dropout), checkpoints that survive
+kill -9 at any moment, safe loading (no pickled code runs), a NaN loss that stops the run
+without touching the last checkpoint, and one clear line (no traceback, nothing damaged) for
+every kind of bad input. Run: python -m pytest tests/test_reliability.py
+"""
+import glob
+import hashlib
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+from conftest import REPO, TINY, run
+
+NO_TRACEBACK = 'Traceback'
+
+
+def iter_losses(stdout):
+    return {int(i): l for i, l in re.findall(r'^iter (\d+): loss ([\d.]+)', stdout, re.M)}
+
+
+def digest(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+def test_resume_is_exact_with_accumulation_and_dropout(repo):
+    args = [*TINY, '--eval_interval=4', '--dropout=0.2', '--gradient_accumulation_steps=3']
+    straight = run(repo, 'train.py', *args, '--max_iters=12', '--out_dir=a').stdout
+    run(repo, 'train.py', *args, '--max_iters=4', '--out_dir=b')
+    run(repo, 'train.py', *args, '--max_iters=8', '--out_dir=b', '--init_from=resume')
+    resumed = run(repo, 'train.py', *args, '--max_iters=12', '--out_dir=b', '--init_from=resume').stdout
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert sorted(b) == list(range(8, 13)) and all(a[i] == b[i] for i in b)
+    wa = torch.load(os.path.join(repo, 'a', 'ckpt.pt'), weights_only=True)['model']
+    wb = torch.load(os.path.join(repo, 'b', 'ckpt.pt'), weights_only=True)['model']
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa = torch.load(glob.glob(os.path.join(repo, 'a', 'optimizer-*.pt'))[0], weights_only=True)['optimizer']
+    ob = torch.load(glob.glob(os.path.join(repo, 'b', 'optimizer-*.pt'))[0], weights_only=True)['optimizer']
+    assert all(torch.equal(oa['state'][i]['exp_avg_sq'], ob['state'][i]['exp_avg_sq']) for i in oa['state'])
+
+
+def test_kill_9_never_leaves_a_broken_checkpoint(repo):
+    """kill -9 while checkpoints are being written and while training; what is on disk always works."""
+    args = [*TINY, '--n_layer=4', '--n_embd=192', '--n_head=4', '--eval_interval=1', '--eval_iters=1',
+            '--max_iters=1000000', '--out_dir=out']
+    out = os.path.join(repo, 'out')
+    killed_mid_write = 0
+    for attempt in range(6):
+        init = 'resume' if os.path.exists(os.path.join(out, 'ckpt.pt')) else 'scratch'
+        p = subprocess.Popen([sys.executable, 'train.py', *args, f'--init_from={init}'], cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and not os.path.exists(os.path.join(out, 'ckpt.pt')):
+            time.sleep(0.01)
+        if attempt % 2 == 0:  # during checkpointing: as soon as a temporary file shows up
+            while time.time() < deadline and not glob.glob(os.path.join(out, '*.tmp')):
+                time.sleep(0.0005)
+        else:  # during training, at some moment
+            time.sleep(0.3 + 0.2 * attempt)
+        p.kill()
+        p.wait()
+        killed_mid_write += bool(glob.glob(os.path.join(out, '*.tmp')))
+        run(repo, 'sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=5', '--device=cpu')
+    assert killed_mid_write >= 1  # at least one kill really landed inside a checkpoint write
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    out_text = run(repo, 'train.py', *args, '--init_from=resume', f'--max_iters={ckpt["iter_num"] + 2}').stdout
+    assert sorted(iter_losses(out_text)) == [ckpt['iter_num'], ckpt['iter_num'] + 1, ckpt['iter_num'] + 2]
+    assert not glob.glob(os.path.join(out, '*.tmp'))  # the next save cleans up
+    assert len(glob.glob(os.path.join(out, 'optimizer-*.pt'))) == 1
+
+
+def test_nan_loss_stops_and_keeps_the_checkpoint(trained, tmp_path):
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
+    p = run(repo, 'train.py', *TINY, '--init_from=resume', '--out_dir=out', '--max_iters=30', '--eval_interval=3',
+            '--learning_rate=1e30', '--grad_clip=0.0', '--warmup_iters=0', '--decay_lr=False', check=False)
+    assert p.returncode == 1 and NO_TRACEBACK not in p.stderr
+    assert re.fullmatch(r"error: the training loss is not finite at iter \d+; stopping \(the last checkpoint in out "
+                        r"is untouched\)", p.stderr.strip()), p.stderr
+    assert digest(os.path.join(repo, 'out', 'ckpt.pt')) == before
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ('touch PWNED',))
+
+
+def test_pickled_code_never_runs(trained, tmp_path):
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
+    ckpt['config']['evil'] = Payload()
+    torch.save(ckpt, os.path.join(repo, 'out', 'ckpt.pt'))
+    p = run(repo, 'sample.py', '--out_dir=out', '--max_new_tokens=3', '--num_samples=1', check=False)
+    assert p.returncode == 1 and NO_TRACEBACK not in p.stderr
+    assert 'holds Python objects besides tensors and plain values' in p.stderr and '--trust_checkpoint=True' in p.stderr
+    assert not os.path.exists(os.path.join(repo, 'PWNED'))
+    # nanoGPT's meta.pkl is read by an unpickler that builds no objects but plain data
+    data = os.path.join(repo, 'data', 'tiny_char')
+    os.rename(os.path.join(data, 'meta.json'), os.path.join(data, 'meta.json.bak'))
+    with open(os.path.join(data, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': 3, 'itos': {0: 'a'}, 'x': Payload()}, f)
+    torch.save({**ckpt, 'config': {'dataset': 'tiny_char'}}, os.path.join(repo, 'out', 'ckpt.pt'))
+    p = run(repo, 'sample.py', '--out_dir=out', '--max_new_tokens=3', check=False)
+    assert p.returncode == 1 and 'refusing to load' in p.stderr and NO_TRACEBACK not in p.stderr
+    assert not os.path.exists(os.path.join(repo, 'PWNED'))
+
+
+def test_trusted_legacy_checkpoint_loads_with_the_flag(trained, tmp_path):
+    """Some nanoGPT forks pickle an argparse.Namespace as the config: refused unless trusted."""
+    import argparse
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
+    ckpt['args'] = argparse.Namespace(lr=1.0)
+    torch.save(ckpt, os.path.join(repo, 'out', 'ckpt.pt'))
+    args = ['--out_dir=out', '--max_new_tokens=3', '--num_samples=1']
+    assert run(repo, 'sample.py', *args, check=False).returncode == 1
+    assert run(repo, 'sample.py', *args, '--trust_checkpoint=True').stdout.count('---------------') == 1
+
+
+def test_nanogpt_meta_pkl_is_read(trained, tmp_path):
+    import json
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    data = os.path.join(repo, 'data', 'tiny_char')
+    itos = json.load(open(os.path.join(data, 'meta.json')))['itos']
+    os.remove(os.path.join(data, 'meta.json'))
+    with open(os.path.join(data, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': len(itos), 'itos': dict(enumerate(itos)), 'stoi': {c: i for i, c in enumerate(itos)}}, f)
+    out = run(repo, 'sample.py', '--out_dir=out', '--max_new_tokens=10', '--num_samples=1', '--start=First').stdout
+    assert 'Loading character vocabulary of tiny_char' in out and '\nFirst' in out
+
+
+def test_no_unsafe_load_in_the_code():
+    sources = glob.glob(os.path.join(REPO, '*.py')) + glob.glob(os.path.join(REPO, 'data', '*', '*.py'))
+    for path in sources:
+        text = open(path).read()
+        assert 'pickle.load(' not in text and 'pickle.loads(' not in text, path
+        for call in re.findall(r'torch\.load\(.*', text):  # each call is on one line
+            assert 'weights_only=True' in call or 'weights_only=not trust' in call, (path, call)
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line on stderr, non-zero exit, no traceback
+
+def one_line_error(p, expected):
+    assert p.returncode != 0, p.stdout
+    err = p.stderr.strip()
+    assert NO_TRACEBACK not in err and '\n' not in err, err
+    assert err.startswith('error: ') and expected in err, err
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--init_from=resume', '--out_dir=empty'], 'no checkpoint at empty/ckpt.pt'),
+    (['--init_from=resume', '--n_layer=3'], 'has n_layer=2, but n_layer=3 was asked'),
+    (['--init_from=resume', '--block_size=32'], "block_size 32 is larger than the model's 16"),
+    (['--batch_size=0'], 'batch_size must be positive, got 0'),
+    (['--block_size=-1'], 'block_size must be positive, got -1'),
+    (['--gradient_accumulation_steps=0'], 'gradient_accumulation_steps must be positive'),
+    (['--block_size=100000'], 'fewer than block_size + 1 = 100001'),
+    (['--device=tpu'], "unknown device 'tpu'"),
+    (['--device=cuda'], "device 'cuda' asked for, but this torch sees no CUDA GPU"),
+    (['--dtype=fp8'], "unknown dtype 'fp8'"),
+    (['--out_dir=data/tiny_char/train.bin/out'], "cannot write to out_dir 'data/tiny_char/train.bin/out'"),
+])
+def test_train_bad_input(trained, args, expected):
+    # TINY's settings come first, the bad one last; the checkpoint in out/ has n_layer=2, block_size=16
+    one_line_error(run(trained, 'train.py', *TINY, '--out_dir=out', *args, check=False), expected)
+
+
+def test_missing_bin_file(repo):
+    os.remove(os.path.join(repo, 'data', 'tiny_char', 'val.bin'))
+    one_line_error(run(repo, 'train.py', *TINY, check=False),
+                   'no data/tiny_char/val.bin: prepare the dataset first (python data/tiny_char/prepare.py)')
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage'])
+def test_damaged_checkpoint(trained, tmp_path, damage):
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    path = os.path.join(repo, 'out', 'ckpt.pt')
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2] if damage == 'truncate' else os.urandom(1000))
+    before = digest(path)
+    for script in ('sample.py', 'train.py'):
+        extra = ['--init_from=resume', *TINY] if script == 'train.py' else []
+        one_line_error(run(repo, script, '--out_dir=out', *extra, check=False), 'cannot read checkpoint out/ckpt.pt')
+    assert digest(path) == before
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--start='], 'the prompt is empty'),
+    (['--start=FILE:nope.txt'], 'prompt file nope.txt does not exist'),
+    (['--start=hello~'], "the prompt has the character '~'"),
+    (['--max_new_tokens=0'], 'max_new_tokens must be positive, got 0'),
+    (['--top_k=1000'], 'top_k=1000 is larger than the vocabulary'),
+    (['--temperature=-1.0'], 'temperature must be >= 0'),
+    (['--dtype=float64'], "unknown dtype 'float64'"),
+])
+def test_sample_bad_input(trained, args, expected):
+    one_line_error(run(trained, 'sample.py', '--out_dir=out', '--device=cpu', *args, check=False), expected)
+
+
+def test_prompt_file_not_utf8(trained, tmp_path):
+    (tmp_path / 'prompt.txt').write_bytes(b'\xff\xfe\x80 not text')
+    one_line_error(run(trained, 'sample.py', '--out_dir=out', f'--start=FILE:{tmp_path / "prompt.txt"}', check=False),
+                   'is not UTF-8 text')
+
+
+def test_bfloat16_without_hardware(monkeypatch, capsys):
+    monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx2', 'fma'})
+    with pytest.raises(SystemExit) as e:
+        common.pick_dtype('cpu', 'bfloat16')
+    assert e.value.code == 1
+    assert capsys.readouterr().err.strip() == \
+        "error: bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)"
+    monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx512_bf16'})
+    assert common.pick_dtype('cpu', 'bfloat16') == 'bfloat16'
+    assert common.pick_dtype('cpu', 'auto') == 'float32'  # emulated bf16 is slower
