@@ -3,15 +3,17 @@ A much shorter version of train.py for benchmarking: the training step alone, ti
 $ python bench.py                                          # GPT-2 124M shape, one 12 x 1024 micro-batch
 $ python bench.py config/train_shakespeare_char_cpu.py     # exactly what that config trains
 $ python bench.py --profile=True                           # where the time goes (torch profiler)
+$ python bench.py --mode=generate                          # sampling: KV cache vs no cache vs transformers
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
 import os
+import resource
 import time
 
 import torch
 
-from common import (die, get_batch, load_meta, maybe_compile, peak_flops as find_peak_flops, setup_device,
-                    train_settings)
+from common import (die, for_inference, get_batch, load_meta, maybe_compile, peak_flops as find_peak_flops,
+                    setup_device, train_settings)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -20,43 +22,22 @@ gradient_accumulation_steps = 1  # one micro-batch per step unless a config file
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
 profile = False  # use pytorch profiler, or just simple benchmarking?
+mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'
+max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
+num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps'):
+if mode not in ('train', 'generate'):
+    die(f"mode must be 'train' or 'generate', got '{mode}'")
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
 device_type = device.split(':')[0]
-
-# data loading init
-data_dir = os.path.join('data', dataset)
-meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
-vocab_size = meta['vocab_size'] if meta else 50304
-train_path = os.path.join(data_dir, 'train.bin')
-if real_data and os.path.isfile(train_path):
-    import numpy as np
-    train_data = np.memmap(train_path, dtype=np.uint16, mode='r')
-    get = lambda it, micro: get_batch(train_data, batch_size, block_size, (seed, 0, it, micro), device)
-    print(f"data: {train_path}")
-else:
-    x = torch.randint(vocab_size, (batch_size, block_size), device=device)
-    get = lambda it, micro: (x, x)
-    print(f"data: random tokens{'' if not real_data else f' ({train_path} not found)'}")
-
-# model init
-model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                      dropout=dropout, bias=bias, activation=activation)).to(device)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
-raw_model = model
-model = maybe_compile(model, compile, device)
-peak = find_peak_flops(device, peak_flops)
-print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
-      f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps")
 
 
 def sync():
@@ -66,57 +47,138 @@ def sync():
         torch.mps.synchronize()
 
 
-def train_step(it):
-    """One optimizer step, as train.py takes it (without DDP): the mean loss, still on device."""
-    loss_accum = torch.zeros((), device=device)
-    for micro in range(gradient_accumulation_steps):
-        X, Y = get(it, micro)
-        with ctx:
-            logits, loss = model(X, Y)
-            loss = loss / gradient_accumulation_steps
-        scaler.scale(loss).backward()
-        loss_accum += loss.detach()
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_accum
+if mode == 'generate':
+    # the same random GPT-2-shaped weights in our model and in transformers' GPT2LMHeadModel
+    import tempfile
+    from transformers import GPT2LMHeadModel
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          bias=bias, activation=activation)).to(device).eval()
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        hf = GPT2LMHeadModel.from_pretrained(d).to(device).eval()
+    model = for_inference(model, device, dtype)
+    print(f"device: {device}, dtype: {dtype}, {n_layer} layers, {n_embd} wide, {max_new_tokens} new tokens "
+          f"from a 4-token prompt, sampling at temperature 1 over the whole vocabulary")
 
+    def ours(x, n, use_cache):
+        """(tokens/s, seconds to the first token)"""
+        t0 = time.perf_counter()
+        first = None
+        for _ in model.generate_stream(x, n, use_cache=use_cache):
+            if first is None:
+                sync()
+                first = time.perf_counter() - t0
+        sync()
+        return x.size(0) * n / (time.perf_counter() - t0), first
 
-if profile:
-    # useful docs on pytorch profiler:
-    # - tutorial https://pytorch.org/tutorials/intermediate/tensorboard_profiler_tutorial.html
-    # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
-    wait, warmup, active = 5, 5, 5
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device_type == 'cuda':
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(
-        activities=activities,
-        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-        on_trace_ready=torch.profiler.tensorboard_trace_handler('./bench_log'),
-        record_shapes=False, profile_memory=False, with_stack=False,
-    ) as prof:
-        for k in range(wait + warmup + active):
-            lossf = train_step(k).item()
-            print(f"{k}/{wait + warmup + active} loss: {lossf:.4f}")
-            prof.step()  # notify the profiler at end of each step
-    sort_by = 'self_cuda_time_total' if device_type == 'cuda' else 'self_cpu_time_total'
-    print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
-    print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
+    def transformers(x, n):
+        def run(k):
+            t0 = time.perf_counter()
+            hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k, min_new_tokens=k, do_sample=True,
+                        top_k=0, pad_token_id=0)
+            sync()
+            return time.perf_counter() - t0
+        first = run(1)
+        return x.size(0) * n / run(n), first
+
+    print(f"{'batch':>5} {'method':<22} {'tokens/s':>9} {'first token':>12} {'peak mem':>9}")
+    with torch.no_grad(), ctx:
+        for B in ([num_samples] if num_samples else [1, 8]):
+            x = torch.randint(50257, (B, 4), device=device)
+            results = {}
+            for name, fn in (('ours, KV cache', lambda n: ours(x, n, True)),
+                             ('ours, no cache', lambda n: ours(x, n, False)),
+                             ('transformers generate', lambda n: transformers(x, n))):
+                fn(4)  # warm-up
+                if device_type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats()
+                tps, first = fn(max_new_tokens)
+                # peak memory: the device's allocator on CUDA, else the process's peak RSS so far
+                mem = (torch.cuda.max_memory_allocated() if device_type == 'cuda' else
+                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+                results[name] = tps
+                print(f"{B:>5} {name:<22} {tps:>9.1f} {first * 1000:>10.1f}ms {mem:>7.0f}MB", flush=True)
+            print(f"{B:>5} KV cache vs transformers: {results['ours, KV cache'] / results['transformers generate']:.2f}x, "
+                  f"vs no cache: {results['ours, KV cache'] / results['ours, no cache']:.2f}x")
 else:
-    for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
-        sync()
-        t0 = time.time()
-        for k in range(steps):
-            lossf = train_step(k).item()
-            print(f"{k}/{steps} loss: {lossf:.4f}")
-        sync()
-        dt = (time.time() - t0) / steps
-    tokens = batch_size * block_size * gradient_accumulation_steps
-    mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
-    mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.1f} TFLOP/s" if mfu is not None else \
-        "n/a (peak unknown for this device: set --peak_flops=<FLOP/s>)"
-    print(f"time per iteration: {dt * 1000:.2f}ms, tokens/s: {tokens / dt:,.0f}, MFU: {mfu_str}")
+    # data loading init
+    data_dir = os.path.join('data', dataset)
+    meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
+    vocab_size = meta['vocab_size'] if meta else 50304
+    train_path = os.path.join(data_dir, 'train.bin')
+    if real_data and os.path.isfile(train_path):
+        import numpy as np
+        train_data = np.memmap(train_path, dtype=np.uint16, mode='r')
+        get = lambda it, micro: get_batch(train_data, batch_size, block_size, (seed, 0, it, micro), device)
+        print(f"data: {train_path}")
+    else:
+        x = torch.randint(vocab_size, (batch_size, block_size), device=device)
+        get = lambda it, micro: (x, x)
+        print(f"data: random tokens{'' if not real_data else f' ({train_path} not found)'}")
+
+    # model init
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          dropout=dropout, bias=bias, activation=activation)).to(device)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+    raw_model = model
+    model = maybe_compile(model, compile, device)
+    peak = find_peak_flops(device, peak_flops)
+    print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
+          f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps")
+
+
+    def train_step(it):
+        """One optimizer step, as train.py takes it (without DDP): the mean loss, still on device."""
+        loss_accum = torch.zeros((), device=device)
+        for micro in range(gradient_accumulation_steps):
+            X, Y = get(it, micro)
+            with ctx:
+                logits, loss = model(X, Y)
+                loss = loss / gradient_accumulation_steps
+            scaler.scale(loss).backward()
+            loss_accum += loss.detach()
+        if grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss_accum
+
+
+    if profile:
+        # useful docs on pytorch profiler:
+        # - tutorial https://pytorch.org/tutorials/intermediate/tensorboard_profiler_tutorial.html
+        # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
+        wait, warmup, active = 5, 5, 5
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device_type == 'cuda':
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(
+            activities=activities,
+            schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+            on_trace_ready=torch.profiler.tensorboard_trace_handler('./bench_log'),
+            record_shapes=False, profile_memory=False, with_stack=False,
+        ) as prof:
+            for k in range(wait + warmup + active):
+                lossf = train_step(k).item()
+                print(f"{k}/{wait + warmup + active} loss: {lossf:.4f}")
+                prof.step()  # notify the profiler at end of each step
+        sort_by = 'self_cuda_time_total' if device_type == 'cuda' else 'self_cpu_time_total'
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
+        print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
+    else:
+        for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
+            sync()
+            t0 = time.time()
+            for k in range(steps):
+                lossf = train_step(k).item()
+                print(f"{k}/{steps} loss: {lossf:.4f}")
+            sync()
+            dt = (time.time() - t0) / steps
+        tokens = batch_size * block_size * gradient_accumulation_steps
+        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
+        mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.1f} TFLOP/s" if mfu is not None else \
+            "n/a (peak unknown for this device: set --peak_flops=<FLOP/s>)"
+        print(f"time per iteration: {dt * 1000:.2f}ms, tokens/s: {tokens / dt:,.0f}, MFU: {mfu_str}")

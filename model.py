@@ -41,9 +41,35 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class KVCache:
+    """
+    The keys and values of every layer for the positions seen so far, so that generation feeds
+    the model one new token per step instead of the whole context again. GPT.generate makes one
+    and passes it down through GPT.forward -> Block -> CausalSelfAttention; pos counts the
+    positions filled (GPT.forward moves it on). Buffers are allocated at the first write, with
+    the device and dtype of the keys (so autocast works), for up to max_len positions.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None  # (n_layer, B, nh, max_len, hs)
+        self.pos = 0
+
+    def update(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys and values so far."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)  # only filled positions are read
+            self.v = v.new_empty(self.n_layer, B, nh, self.max_len, hs)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
+
+
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=0):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         # key, query, value projections for all heads, in one matmul
@@ -53,16 +79,27 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.layer_idx = layer_idx  # which of the cache's layers is ours
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        # flash attention where the backend has it; the causal mask is built in
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)  # (B, nh, T, hs)
+        mask, is_causal = None, True
+        if cache is not None:
+            pos = cache.pos
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, pos + T, hs): the past, then these T
+            if pos > 0:
+                # query t sees keys 0..pos+t (is_causal would align the triangle to the wrong corner);
+                # a single new token sees them all
+                is_causal = False
+                if T > 1:
+                    mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        # flash attention where the backend has it
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=is_causal)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -83,15 +120,15 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=0):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -133,7 +170,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -164,22 +201,26 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
         """
         idx (B, T) token ids -> (logits, loss). With targets (B, T), logits cover every
         position and loss is the mean cross-entropy (targets of -1 are ignored); without,
         only the last position's logits are computed (B, 1, vocab) and loss is None.
+        With a KVCache, idx are the tokens after the cache's pos positions (see generate).
         """
         b, t = idx.size()
-        assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
-        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)  # (T,)
+        start = cache.pos if cache is not None else 0
+        assert start + t <= self.config.block_size, f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
+        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)  # (T,)
 
         tok_emb = self.transformer.wte(idx)  # (B, T, C)
         pos_emb = self.transformer.wpe(pos)  # (T, C)
         x = self.transformer.drop(tok_emb + pos_emb)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, cache)
         x = self.transformer.ln_f(x)
+        if cache is not None:
+            cache.pos += t
 
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab)
@@ -305,24 +346,71 @@ class GPT(nn.Module):
         return flops_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                 seeds=None, use_cache=True):
         """
         Take a conditioning sequence of indices idx (LongTensor of shape (B, T)) and complete
         the sequence max_new_tokens times, feeding the predictions back into the model each
         time. Most likely you'll want to make sure to be in model.eval() mode for this.
-        When the context grows past block_size, the model sees its last block_size tokens.
+        Returns (B, T + new tokens); see generate_stream for the controls.
         """
+        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token,
+                                                     seeds, use_cache)], dim=1)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                        seeds=None, use_cache=True):
+        """
+        Yield the next token of each sequence, (B, 1), max_new_tokens times, or until every
+        sequence has produced stop_token. temperature 0 is greedy; top_k keeps the k likeliest
+        tokens, top_p the smallest set whose probability reaches p. seeds (one per sequence)
+        give each row its own random generator, so a batch draws what the rows would one by one.
+        With use_cache, the prompt is run once into a KVCache and each step feeds one token.
+        Once the context outgrows block_size, the model conditions on the last block_size tokens,
+        exactly as without the cache: with absolute positions every step is then a full recompute.
+        """
+        block_size = self.config.block_size
+        cache = KVCache(self.config.n_layer, block_size) if use_cache else None
+        generators = None
+        if seeds is not None:
+            generators = [torch.Generator(idx.device).manual_seed(s) for s in seeds]
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature  # (B, vocab)
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('Inf')
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)  # (B, 1)
+            if cache is not None and idx.size(1) <= block_size:
+                logits, _ = self(idx[:, cache.pos:], cache=cache)  # the prompt once, then one token per step
+            else:
+                logits, _ = self(idx[:, -block_size:])  # recompute the (cropped) context
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generators)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            yield idx_next
+            if stop_token is not None:
+                done |= idx_next[:, 0] == stop_token
+                if done.all():
+                    return
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
+    """(B, vocab) logits -> (B, 1) sampled token ids; temperature 0 means greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('Inf')
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token once the tokens before it already reach top_p (the likeliest always stays)
+        sorted_logits[probs.cumsum(dim=-1) - probs >= top_p] = -float('Inf')
+        logits = logits.scatter(1, order, sorted_logits)
+    # inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per vocabulary entry)
+    cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, vocab)
+    if generators is None:
+        u = torch.rand(logits.size(0), 1, device=logits.device)
+    else:
+        u = torch.cat([torch.rand(1, 1, device=logits.device, generator=g) for g in generators])
+    # right=True: the first entry whose cdf exceeds u * total, never a token of probability 0
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.size(-1) - 1)  # (B, 1)
 
 
 def _hub_snapshot(name):

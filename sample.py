@@ -2,13 +2,15 @@
 Sample from a trained model
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the universe, and everything?"
+All num_samples are drawn as one batch (sample i with seed + i, so it is the same text whatever
+num_samples is); a single sample is printed token by token as it is generated.
 """
 import os
 
 import torch
 
-from common import (die, get_tokenizer, load_checkpoint, load_meta, maybe_compile, model_from_checkpoint,
-                    setup_device)
+from common import (die, for_inference, get_tokenizer, load_checkpoint, load_meta, maybe_compile,
+                    model_from_checkpoint, setup_device)
 from model import GPT
 
 # -----------------------------------------------------------------------------
@@ -20,10 +22,14 @@ num_samples = 10  # number of samples to draw
 max_new_tokens = 500  # number of tokens generated in each sample
 temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
+top_p = 1.0  # nucleus sampling: keep the likeliest tokens whose probability adds up to top_p (1.0 = all)
+stop_at_eot = True  # GPT-2 BPE: end a sample at <|endoftext|>
+stream = True  # print a single sample token by token as it is generated
+kv_cache = True  # False recomputes the whole context for every token, as nanoGPT does
 seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
-compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
+compile = False  # torch.compile would recompile for every new cache length: no gain when sampling
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -36,6 +42,8 @@ if temperature < 0:
     die(f"temperature must be >= 0, got {temperature}")
 if top_k <= 0:
     die(f"top_k must be positive, got {top_k}")
+if not 0.0 < top_p <= 1.0:
+    die(f"top_p must be in (0, 1], got {top_p}")
 
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
@@ -60,6 +68,7 @@ if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" f
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.eval()
 model.to(device)
+model = for_inference(model, device, dtype)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
 # tokenizer: the dataset's characters, else GPT-2 BPE
@@ -84,12 +93,32 @@ if start.startswith('FILE:'):
 if not start:
     die("the prompt is empty (give --start=... some text)")
 start_ids = encode(start)
-x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...].repeat(num_samples, 1)  # one batch
+stop_token = 50256 if meta is None and stop_at_eot else None  # GPT-2's <|endoftext|>
+controls = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop_token,
+                seeds=[seed + i for i in range(num_samples)], use_cache=kv_cache)
 
 # run generation
 with torch.no_grad():
     with ctx:
-        for k in range(num_samples):
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k)
-            print(decode(y[0].tolist()))
+        if stream and num_samples == 1:
+            print(start, end='', flush=True)
+            pending = []  # a BPE token can end inside a UTF-8 character: print whole characters only
+            for token in model.generate_stream(x, max_new_tokens, **controls):
+                if token.item() == stop_token:
+                    break
+                pending.append(token.item())
+                text = decode(pending)
+                if not text.endswith('\ufffd'):
+                    print(text, end='', flush=True)
+                    pending = []
+            print(decode(pending))
             print('---------------')
+        else:
+            y = model.generate(x, max_new_tokens, **controls)
+            for row in y.tolist():
+                new = row[len(start_ids):]
+                if stop_token in new:
+                    new = new[:new.index(stop_token)]
+                print(decode(start_ids + new))
+                print('---------------')

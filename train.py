@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (die, get_batch, load_checkpoint, load_meta, load_optimizer_state, maybe_compile,
+import tasks
+from common import (die, get_batch, get_tokenizer, load_checkpoint, load_meta, load_optimizer_state, maybe_compile,
                     model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
 from model import GPT, GPTConfig
 
@@ -38,6 +39,8 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
+hellaswag_interval = 0  # zero-shot HellaSwag accuracy every this many iterations (0 = off; data/hellaswag/prepare.py)
+hellaswag_limit = 0  # evaluate only the first hellaswag_limit examples (0 = all 10,042)
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 # wandb logging
@@ -129,6 +132,16 @@ def train_batch(it, micro_step):
 # the vocab size comes from the dataset's metadata if it has one
 meta = load_meta(data_dir)
 meta_vocab_size = meta['vocab_size'] if meta else None
+
+# zero-shot HellaSwag during training (GPT-2 BPE models only)
+if hellaswag_interval:
+    if meta is not None:
+        die(f"hellaswag_interval needs a GPT-2 BPE dataset; {dataset} is character-level")
+    hellaswag_path = tasks.default_file('hellaswag')
+    if not os.path.isfile(hellaswag_path):
+        die(f"no {hellaswag_path}: python data/hellaswag/prepare.py")
+    hellaswag_examples = tasks.read_jsonl(hellaswag_path, hellaswag_limit)
+    encode, _ = get_tokenizer(None)
 
 # model init
 torch.manual_seed(seed)
@@ -272,6 +285,19 @@ while True:
                 save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
                                                       'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
+    # zero-shot HellaSwag, shared across all processes
+    if hellaswag_interval and iter_num % hellaswag_interval == 0:
+        raw_model.eval()
+        counts = tasks.evaluate_hellaswag(raw_model, hellaswag_examples, encode, block_size, device, ctx,
+                                          ddp_rank, ddp_world_size)
+        raw_model.train()
+        result = tasks.hellaswag_results(tasks.all_reduce_counts(counts, device))
+        if master_process:
+            print(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f} "
+                  f"({result['examples']} examples)")
+            if wandb_log:
+                wandb.log({"iter": iter_num, "hellaswag/acc_norm": result['acc_norm'],
+                           "hellaswag/acc": result['acc']}, step=iter_num)
     if iter_num == 0 and eval_only:
         break
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'model.py', 'common.py', 'configurator.py']
+SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'eval.py', 'model.py', 'common.py', 'tasks.py',
+           'configurator.py']
 
 # GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
 _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')

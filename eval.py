@@ -1,0 +1,97 @@
+"""
+Zero-shot evaluation of any checkpoint on HellaSwag or LAMBADA.
+$ python data/hellaswag/prepare.py && python eval.py --init_from=gpt2 --task=hellaswag
+$ python data/lambada/prepare.py && python eval.py --init_from=gpt2 --task=lambada
+$ python eval.py --init_from=resume --out_dir=out --task=hellaswag --limit=1000
+$ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl   # examples shared across processes
+Prints a small table and writes it to out_dir/eval_<task>.json. See tasks.py for the method.
+"""
+import json
+import os
+import time
+
+import torch.distributed as dist
+
+import tasks
+from common import die, get_tokenizer, load_checkpoint, model_from_checkpoint, setup_device
+from model import GPT
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
+out_dir = 'out'  # the checkpoint for 'resume', and where eval_<task>.json goes
+task = 'hellaswag'  # 'hellaswag' or 'lambada'
+data_file = ''  # a local file in the task's format; '' means data/<task>/ as prepare.py writes it
+limit = 0  # evaluate only the first limit examples (0 = all)
+batch_size = 8  # lambada: passages per forward pass (hellaswag batches the 4 endings of one example)
+trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
+device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+# -----------------------------------------------------------------------------
+exec(open('configurator.py').read())  # overrides from command line or config file
+# -----------------------------------------------------------------------------
+
+# reference points, printed beside the results
+REFERENCE = {
+    'hellaswag': "GPT-2 124M: acc_norm 0.2955 (acc 0.2859) by this method; llm.c's 124M reproduction 29.9%; GPT-3 124M 33.7%",
+    'lambada': "GPT-2 paper (table 3): 124M acc 45.99%, ppl 35.13; 355M 55.48%, 15.60; 774M 60.12%, 10.87; 1.5B 63.24%, 8.63",
+}
+if task not in tasks.DEFAULT_FILES:
+    die(f"unknown task '{task}' (use hellaswag or lambada)")
+if limit < 0 or batch_size <= 0:
+    die("limit must be >= 0 and batch_size positive")
+path = data_file or tasks.default_file(task)
+if not os.path.isfile(path):
+    die(f"no {path}: download it with python data/{task}/prepare.py, or point --data_file at a local copy")
+
+ddp = int(os.environ.get('RANK', -1)) != -1
+rank, world_size = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
+device, dtype, ctx = setup_device(device, dtype, int(os.environ.get('LOCAL_RANK', 0)))
+if ddp:
+    dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+
+if init_from == 'resume':
+    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
+    model = model_from_checkpoint(checkpoint, dropout=0.0)
+    dataset = checkpoint.get('config', {}).get('dataset', '')
+    if os.path.isfile(os.path.join('data', dataset, 'meta.json')) or os.path.isfile(os.path.join('data', dataset, 'meta.pkl')):
+        die(f"the model was trained on characters ({dataset}); the zero-shot tasks need a GPT-2 BPE model")
+    checkpoint = None
+else:
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except (ValueError, OSError) as e:
+        die(str(e))
+model.eval()
+model.to(device)
+encode, _ = get_tokenizer(None)
+
+try:
+    examples = tasks.read_jsonl(path, limit)
+except (ValueError, UnicodeDecodeError) as e:
+    die(f"{path} is not a JSON-lines file: {e}")
+t0 = time.time()
+try:
+    if task == 'hellaswag':
+        counts = tasks.evaluate_hellaswag(model, examples, encode, model.config.block_size, device, ctx, rank, world_size)
+    else:
+        counts = tasks.evaluate_lambada(model, examples, encode, model.config.block_size, device, ctx, batch_size,
+                                        rank, world_size)
+except (KeyError, TypeError, ValueError) as e:
+    die(f"{path} does not look like {task} data ({type(e).__name__}: {e})")
+counts = tasks.all_reduce_counts(counts, device)  # add up every process's share
+dt = time.time() - t0
+results = tasks.hellaswag_results(counts) if task == 'hellaswag' else tasks.lambada_results(counts)
+results.update(tokens_per_s=counts['tokens'] / dt, model=init_from if init_from != 'resume' else out_dir, data_file=path)
+
+if rank == 0:
+    metric = 'acc_norm' if task == 'hellaswag' else 'perplexity'
+    print(f"{'task':<10} {'examples':>8} {'acc':>7} {metric:>10} {'tokens/s':>9}")
+    print(f"{task:<10} {results['examples']:>8} {results['acc']:>7.4f} {results[metric]:>10.4f} {results['tokens_per_s']:>9.0f}")
+    print(f"reference: {REFERENCE[task]}")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'eval_{task}.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {os.path.join(out_dir, f'eval_{task}.json')}")
+if ddp:
+    dist.barrier()
+    dist.destroy_process_group()
