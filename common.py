@@ -242,6 +242,29 @@ def model_from_checkpoint(checkpoint, **overrides):
     return model
 
 
+def load_model(init_from, out_dir, trust=False):
+    """
+    An eval-mode model to sample or evaluate with, and the character vocabulary it needs (or None
+    for GPT-2 BPE): init_from 'resume' reads out_dir/ckpt.pt, anything else is a GPT-2 name or a
+    local Hugging Face GPT-2 directory.
+    """
+    meta = None
+    if init_from == 'resume':
+        checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust)
+        model = model_from_checkpoint(checkpoint, dropout=0.0)
+        dataset = checkpoint.get('config', {}).get('dataset')
+        if dataset:  # a character-level model comes with its dataset's vocabulary
+            meta = load_meta(os.path.join('data', dataset))
+            if meta is not None:
+                meta['dataset'] = dataset
+    else:
+        try:
+            model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+        except (ValueError, OSError) as e:
+            die(str(e))
+    return model.eval(), meta
+
+
 # -----------------------------------------------------------------------------
 # datasets, batches, tokenizers
 
@@ -302,6 +325,19 @@ def load_meta(data_dir):
         except Exception as e:
             die(f"cannot read {path}: {e}")
     return None
+
+
+def download(url, path):
+    """Fetch url to path (written whole or not at all), or exit with one line saying where to put the file."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            data = r.read()
+    except OSError as e:
+        die(f"could not download {url} ({e}); put the file at {path} and run this again")
+    with open(path + '.tmp', 'wb') as f:
+        f.write(data)
+    os.replace(path + '.tmp', path)
 
 
 def gpt2_encoding():

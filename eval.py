@@ -13,8 +13,7 @@ import time
 import torch.distributed as dist
 
 import tasks
-from common import die, get_tokenizer, load_checkpoint, model_from_checkpoint, setup_device
-from model import GPT
+from common import die, get_tokenizer, load_model, setup_device
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -49,19 +48,9 @@ device, dtype, ctx = setup_device(device, dtype, int(os.environ.get('LOCAL_RANK'
 if ddp:
     dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
 
-if init_from == 'resume':
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
-    model = model_from_checkpoint(checkpoint, dropout=0.0)
-    dataset = checkpoint.get('config', {}).get('dataset', '')
-    if os.path.isfile(os.path.join('data', dataset, 'meta.json')) or os.path.isfile(os.path.join('data', dataset, 'meta.pkl')):
-        die(f"the model was trained on characters ({dataset}); the zero-shot tasks need a GPT-2 BPE model")
-    checkpoint = None
-else:
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-    except (ValueError, OSError) as e:
-        die(str(e))
-model.eval()
+model, meta = load_model(init_from, out_dir, trust_checkpoint)
+if meta is not None:
+    die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
 model.to(device)
 encode, _ = get_tokenizer(None)
 

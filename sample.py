@@ -5,13 +5,9 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 All num_samples are drawn as one batch (sample i with seed + i, so it is the same text whatever
 num_samples is); a single sample is printed token by token as it is generated.
 """
-import os
-
 import torch
 
-from common import (die, for_inference, get_tokenizer, load_checkpoint, load_meta, maybe_compile,
-                    model_from_checkpoint, setup_device)
-from model import GPT
+from common import die, for_inference, get_tokenizer, load_model, maybe_compile, setup_device
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -48,32 +44,18 @@ if not 0.0 < top_p <= 1.0:
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
 
-# model
-meta = None
-if init_from == 'resume':
-    checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
-    model = model_from_checkpoint(checkpoint, dropout=0.0)
-    # a character-level model samples with its dataset's vocabulary
-    dataset = checkpoint.get('config', {}).get('dataset')
-    if dataset:
-        meta = load_meta(os.path.join('data', dataset))
-    checkpoint = None
-else:
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-    except (ValueError, OSError) as e:
-        die(str(e))
+# model, and the character vocabulary of a character-level one
+model, meta = load_model(init_from, out_dir, trust_checkpoint)
 vocab_size = meta['vocab_size'] if meta else model.config.vocab_size
 if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
-model.eval()
 model.to(device)
 model = for_inference(model, device, dtype)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
 # tokenizer: the dataset's characters, else GPT-2 BPE
 if meta is not None:
-    print(f"Loading character vocabulary of {dataset} ({meta['vocab_size']} characters)")
+    print(f"Loading character vocabulary of {meta['dataset']} ({meta['vocab_size']} characters)")
 else:
     print("No meta.json found, assuming GPT-2 encodings...")
 encode, decode = get_tokenizer(meta)

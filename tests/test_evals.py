@@ -17,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import tasks
 from common import gpt2_encoding
-from conftest import REPO, TEXT, TINY, make_repo, run
+from conftest import REPO, TEXT, make_repo, run
 from model import GPT
 
 HELLASWAG = [

@@ -12,7 +12,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from common import for_inference
-from conftest import REPO, run
+from conftest import run
 from model import GPT, GPTConfig, KVCache
 
 

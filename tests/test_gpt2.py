@@ -16,7 +16,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from common import gpt2_encoding
-from conftest import REPO, TEXT, TINY, run
+from conftest import REPO, TEXT, run
 from model import GPT, GPTConfig
 
 SHAPES = {

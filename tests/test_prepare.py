@@ -5,11 +5,10 @@ Run: python -m pytest tests/test_prepare.py
 """
 import json
 import os
-import shutil
 
 import numpy as np
 
-from conftest import REPO, TEXT, run
+from conftest import TEXT, run
 
 
 def test_prepare_char_dataset(repo):
@@ -23,12 +22,14 @@ def test_prepare_char_dataset(repo):
     assert ''.join(itos[i] for i in np.concatenate([train, val])) == TEXT
 
 
-def test_prepare_offline_without_input(tmp_path):
-    shutil.copy(os.path.join(REPO, 'data', 'shakespeare_char', 'prepare.py'), tmp_path)
+def test_prepare_offline_without_input(repo):
+    data = os.path.join(repo, 'data', 'tiny_char')
+    for f in ('input.txt', 'train.bin', 'val.bin', 'meta.json'):
+        os.remove(os.path.join(data, f))
     # an unroutable proxy makes the download fail at once, as it does on an offline machine
     env = {'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
-    p = run(str(tmp_path), 'prepare.py', env=env, check=False)
+    p = run(repo, 'data/tiny_char/prepare.py', env=env, check=False)
     assert p.returncode == 1 and 'Traceback' not in p.stderr
-    assert p.stderr.strip().startswith('error: could not download tinyshakespeare')
-    assert f"put the file at {tmp_path / 'input.txt'}" in p.stderr
-    assert not os.path.exists(tmp_path / 'train.bin')
+    assert p.stderr.strip().startswith('error: could not download https://')
+    assert p.stderr.strip().endswith(f"put the file at {os.path.join(data, 'input.txt')} and run this again")
+    assert sorted(os.listdir(data)) == ['prepare.py']  # nothing half-written

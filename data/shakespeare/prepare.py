@@ -5,25 +5,16 @@ beside this file. Uses input.txt here if present, else downloads it.
 import os
 import sys
 import time
-import urllib.request
 
 import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for common.py
-from common import gpt2_encoding  # noqa: E402
+from common import download, gpt2_encoding  # noqa: E402
 
 input_file_path = os.path.join(here, 'input.txt')
 if not os.path.exists(input_file_path):
-    data_url = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-    try:
-        with urllib.request.urlopen(data_url, timeout=30) as r:
-            text = r.read().decode('utf-8')
-    except OSError as e:
-        sys.exit(f"error: could not download tinyshakespeare ({e}); "
-                 f"put the file at {input_file_path} and run this again")
-    with open(input_file_path, 'w', encoding='utf-8') as f:
-        f.write(text)
+    download('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt', input_file_path)
 
 with open(input_file_path, encoding='utf-8') as f:
     data = f.read()
