@@ -87,6 +87,8 @@ config = {k: globals()[k] for k in config_keys}  # will be useful for logging
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
+if decay_lr and lr_decay_iters <= warmup_iters:
+    die(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters}), or set decay_lr=False")
 
 # various inits, derived attributes, I/O setup
 ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
@@ -237,6 +239,7 @@ if wandb_log and master_process:
     # a resumed run continues the wandb run its checkpoint names
     wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config,
                               id=wandb_run_id, resume='allow' if wandb_run_id else None).id
+
 
 def stop_if_not_finite():
     """A NaN/Inf training loss stops the run before it can reach a checkpoint (a sync: call rarely)."""

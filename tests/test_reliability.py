@@ -170,6 +170,7 @@ def one_line_error(p, expected):
     (['--batch_size=0'], 'batch_size must be positive, got 0'),
     (['--block_size=-1'], 'block_size must be positive, got -1'),
     (['--gradient_accumulation_steps=0'], 'gradient_accumulation_steps must be positive'),
+    (['--lr_decay_iters=2'], 'lr_decay_iters (2) must be larger than warmup_iters (2)'),
     (['--block_size=100000'], 'fewer than block_size + 1 = 100001'),
     (['--device=tpu'], "unknown device 'tpu'"),
     (['--device=cuda'], "device 'cuda' asked for, but this torch sees no CUDA GPU"),
