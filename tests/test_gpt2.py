@@ -201,3 +201,11 @@ def test_pytorch_model_bin_directory(tmp_path):
     x = torch.randint(0, shape['vocab_size'], (2, 32))
     with torch.no_grad():
         assert (ours(x, x)[0] - hf(x).logits).abs().max().item() < 1e-5
+
+
+def test_prepare_openwebtext_offline_is_one_line(tmp_path):
+    p = run(REPO, 'data/openwebtext/prepare.py', f'--out_dir={tmp_path / "out"}', check=False,
+            env={'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf')})
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith('error: could not load Skylion007/openwebtext')
+    assert not os.path.exists(tmp_path / 'out')

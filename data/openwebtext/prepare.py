@@ -43,13 +43,17 @@ if args.data_files:
         die(f"no files match {args.data_files}: {e}")
 else:
     try:
-        dataset = load_dataset(args.dataset, split='train', num_proc=args.num_proc)
-    except RuntimeError as e:
-        if 'scripts are no longer supported' not in str(e):
-            raise
-        # a dataset still published with a loading script: its Parquet export on the Hub loads
-        print(f"{args.dataset} has a loading script, which datasets no longer runs; using its Parquet export")
-        dataset = load_dataset(args.dataset, split='train', revision='refs/convert/parquet', num_proc=args.num_proc)
+        try:
+            dataset = load_dataset(args.dataset, split='train', num_proc=args.num_proc)
+        except RuntimeError as e:
+            if 'scripts are no longer supported' not in str(e):
+                raise
+            # a dataset still published with a loading script: its Parquet export on the Hub loads
+            print(f"{args.dataset} has a loading script, which datasets no longer runs; using its Parquet export")
+            dataset = load_dataset(args.dataset, split='train', revision='refs/convert/parquet', num_proc=args.num_proc)
+    except (ConnectionError, OSError, RuntimeError, ValueError) as e:
+        die(f"could not load {args.dataset} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"with the files at hand, use --data_files")
 if 'text' not in dataset.column_names:
     die(f"the dataset has no 'text' column (columns: {', '.join(dataset.column_names)})")
 
