@@ -1,0 +1,98 @@
+"""
+The fast paths compute the same thing as the plain ones: the spelled-out attention used when
+float32 matmuls go to oneDNN equals scaled_dot_product_attention (training, and generation with
+a KV cache), and the oneDNN route is only taken where its products are float32-exact.
+Speed itself is measured by bench.py, never asserted here. Run: python -m pytest tests/test_speed.py
+"""
+import pytest
+import torch
+
+import common
+import model as model_module
+from model import GPT, GPTConfig, KVCache
+
+
+@pytest.fixture
+def restore_matmul_precision():
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    yield
+    torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+def _loss_and_grads(model, x, y):
+    model.zero_grad()
+    _, loss = model(x, y)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_spelled_out_attention_equals_sdpa(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23))
+    x, y = torch.randint(0, 23, (2, 3, 16))
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: False)
+    loss_sdpa, grads_sdpa = _loss_and_grads(model, x, y)
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: True)
+    loss_ours, grads_ours = _loss_and_grads(model, x, y)
+    assert loss_ours == pytest.approx(loss_sdpa, abs=1e-6)
+    for n in grads_sdpa:
+        assert torch.allclose(grads_ours[n], grads_sdpa[n], atol=1e-6), n
+
+
+def test_spelled_out_attention_with_kv_cache(monkeypatch):
+    """A prompt, then a chunk of 3 (offset causal mask), then one token at a time (no mask)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23)).eval()
+    x = torch.randint(0, 23, (2, 12))
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: False)
+    with torch.no_grad():
+        full, _ = model(x, x)  # logits at every position, no cache
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: True)
+    cache = KVCache(n_layer=2, max_len=16)
+    with torch.no_grad():
+        for start, end in ((0, 5), (5, 8), (8, 9), (9, 10), (10, 12)):
+            logits, _ = model(x[:, start:end], cache=cache)
+            assert torch.allclose(logits[:, -1], full[:, end - 1], atol=1e-5), (start, end)
+    assert cache.pos == 12
+
+
+def test_onednn_route_only_where_exact(restore_matmul_precision):
+    torch.backends.mkldnn.matmul.fp32_precision = 'none'
+    on = common.onednn_float32_matmuls()
+    assert on == (torch.backends.mkldnn.matmul.fp32_precision == 'bf16')
+    if on:  # then float32 products still carry float32's precision, not bfloat16's
+        a, b = torch.randn(2, 256, 256, dtype=torch.float64)
+        err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
+        assert err < 1e-6
+    # the route is AMD's, AVX-512 only, and a precision someone else chose is left alone
+    for vendor, flags, before in (('GenuineIntel', {'avx512f'}, 'none'), ('AuthenticAMD', {'avx2'}, 'none'),
+                                  ('AuthenticAMD', {'avx512f'}, 'tf32')):
+        torch.backends.mkldnn.matmul.fp32_precision = before
+        cpuinfo = {'vendor_id': vendor, 'flags': ' '.join(flags)}
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(common, '_cpuinfo', cpuinfo.get)
+            assert common.onednn_float32_matmuls() is False
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_matmul_precision):
+    """Optimizer steps on oneDNN's matmuls (where this CPU takes that route) with spelled-out attention
+    give the losses of MKL's matmuls with scaled_dot_product_attention."""
+    def losses(fast):
+        torch.backends.mkldnn.matmul.fp32_precision = 'none'
+        if fast:
+            common.onednn_float32_matmuls()
+        monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: fast)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
+        out = []
+        for x, y in torch.randint(0, 50, (6, 2, 8, 32)):
+            _, loss = model(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            out.append(loss.item())
+        return out
+
+    assert losses(fast=True) == pytest.approx(losses(fast=False), abs=1e-5)
