@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from common import (die, for_inference, get_batch, load_meta, maybe_compile, peak_flops as find_peak_flops,
-                    setup_device, train_settings)
+from common import (die, for_inference, get_batch, load_meta, maybe_compile, measured_matmul_flops,
+                    peak_flops as find_peak_flops, setup_device, train_settings)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -123,7 +123,10 @@ else:
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
     raw_model = model
     model = maybe_compile(model, compile, device)
-    peak = find_peak_flops(device, peak_flops)
+    peak = find_peak_flops(device, dtype, peak_flops)
+    peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
+    if peak is None and device_type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
+        peak, peak_source = measured_matmul_flops(device, dtype), f'measured: a 2048^3 {dtype} matmul'
     print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
           f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps")
 
@@ -179,6 +182,6 @@ else:
             dt = (time.time() - t0) / steps
         tokens = batch_size * block_size * gradient_accumulation_steps
         mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
-        mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.1f} TFLOP/s" if mfu is not None else \
-            "n/a (peak unknown for this device: set --peak_flops=<FLOP/s>)"
+        mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.3g} TFLOP/s ({peak_source})" if mfu is not None else \
+            "n/a (peak unknown for this GPU: set --peak_flops=<FLOP/s>)"
         print(f"time per iteration: {dt * 1000:.2f}ms, tokens/s: {tokens / dt:,.0f}, MFU: {mfu_str}")

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import sys
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -175,20 +176,44 @@ def for_inference(model, device, dtype):
 
 
 # dense bf16 tensor-core peaks, FLOP/s, by substring of torch.cuda.get_device_name()
+# dense peak FLOP/s of known GPUs: (name, bfloat16/float16 tensor cores, float32 with TF32, which
+# setup_device allows; V100 and T4 have no TF32, so theirs is plain float32)
 PEAK_FLOPS = [
-    ('H200', 989e12), ('H100 PCIe', 756e12), ('H100', 989e12), ('A100', 312e12),
-    ('L40S', 362e12), ('L4', 121e12), ('A10', 125e12), ('V100', 125e12), ('T4', 65e12),
+    ('H200', 989e12, 494e12), ('H100 PCIe', 756e12, 378e12), ('H100', 989e12, 494e12), ('A100', 312e12, 156e12),
+    ('L40S', 362e12, 181e12), ('L4', 121e12, 60e12), ('A10', 125e12, 62.5e12), ('V100', 125e12, 15.7e12),
+    ('T4', 65e12, 8.1e12),
 ]
 
 
-def peak_flops(device, configured=0.0):
-    """The peak FLOP/s to measure MFU against: the configured one, else a known GPU's, else None."""
+def peak_flops(device, dtype, configured=0.0):
+    """The peak FLOP/s to measure MFU against: the configured one, else a known GPU's for dtype, else None."""
     if configured:
         return configured
     if device.startswith('cuda'):
         name = torch.cuda.get_device_name(device)
-        return next((flops for key, flops in PEAK_FLOPS if key in name), None)
+        row = next((row for row in PEAK_FLOPS if row[0] in name), None)
+        return row and row[2 if dtype == 'float32' else 1]
     return None
+
+
+def measured_matmul_flops(device, dtype, n=2048, repeat=5):
+    """
+    The FLOP/s of the best of a few n x n matmuls in dtype: a practical peak for devices no table
+    knows (CPUs, MPS), the rate their BLAS reaches on large, easy shapes. A spec-sheet peak is
+    higher still, so MFU against this one is the generous kind.
+    """
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    a, b = torch.randn(2, n, n, device=device).to(ptdtype)
+    best = float('inf')
+    for _ in range(repeat + 1):  # the first warms up
+        if device.startswith('mps'):
+            torch.mps.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.startswith('mps'):
+            torch.mps.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
 
 
 # -----------------------------------------------------------------------------

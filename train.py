@@ -77,7 +77,7 @@ dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
 seed = 1337  # batches and dropout follow from (seed, iteration, rank), so resumes are exact
-peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0 looks it up (known GPUs only)
+peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0 looks it up (known GPUs, for dtype)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
@@ -201,7 +201,7 @@ raw_model = model
 model = maybe_compile(model, compile, device)
 if ddp:
     model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
-peak = find_peak_flops(device, peak_flops)
+peak = find_peak_flops(device, dtype, peak_flops)
 
 
 @torch.no_grad()
@@ -210,12 +210,12 @@ def estimate_loss():
     out = {}
     model.eval()
     for split, data in (('train', train_data), ('val', val_data)):
-        losses = torch.zeros(eval_iters)
+        losses = torch.zeros(eval_iters, device=device)  # on device: one sync per split, not per batch
         for k in range(eval_iters):
             X, Y = get_batch(data, batch_size, block_size, (seed, 1, k), device)
             with ctx:
                 logits, loss = model(X, Y)
-            losses[k] = loss.item()
+            losses[k] = loss.float()
         out[split] = losses.mean().item()
     model.train()
     return out

@@ -5,6 +5,9 @@ Run: python -m pytest tests/test_bench.py
 import os
 import re
 
+import torch
+
+import common
 from conftest import run
 
 SMALL = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4']
@@ -13,8 +16,10 @@ SMALL = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_si
 def test_bench_synthetic_prints_speed(repo):
     out = run(repo, 'bench.py', *SMALL, '--dataset=none', '--num_steps=3').stdout
     assert 'data: random tokens' in out
-    m = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: n/a', out)
+    m = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: ([\d.]+)% of ([\d.]+) TFLOP/s '
+                  r'\(measured: a 2048\^3 float32 matmul\)', out)  # a CPU: no spec sheet, its own matmul rate
     assert m and float(m.group(1)) > 0 and int(m.group(2).replace(',', '')) > 0, out
+    assert 0 < float(m.group(3)) < 100 and float(m.group(4)) > 0, out
 
 
 def test_bench_runs_a_config_file_on_real_data(repo):
@@ -22,10 +27,22 @@ def test_bench_runs_a_config_file_on_real_data(repo):
               '--num_steps=2', '--device=cpu', '--peak_flops=1e12').stdout
     assert 'data: data/tiny_char/train.bin' in out
     assert 'batch 12 x 64 x 1 micro-steps' in out  # the config's shape, not bench's defaults
-    assert re.search(r'MFU: [\d.]+% of 1.0 TFLOP/s', out), out
+    assert re.search(r'MFU: [\d.]+% of 1 TFLOP/s \(configured\)', out), out
 
 
 def test_bench_profiler(repo):
     out = run(repo, 'bench.py', *SMALL, '--dataset=none', '--profile=True').stdout
     assert 'Self CPU time total' in out and 'aten::' in out
     assert os.listdir(os.path.join(repo, 'bench_log'))
+
+
+def test_peak_flops_of_known_gpus_by_dtype(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 80GB HBM3')
+    assert common.peak_flops('cuda:0', 'bfloat16') == 989e12
+    assert common.peak_flops('cuda:0', 'float32') == 494e12  # TF32
+    assert common.peak_flops('cuda:0', 'bfloat16', configured=5e14) == 5e14
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 PCIe')
+    assert common.peak_flops('cuda:0', 'float16') == 756e12
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'Some Future GPU')
+    assert common.peak_flops('cuda:0', 'bfloat16') is None
+    assert common.peak_flops('cpu', 'float32') is None  # bench.py measures a CPU instead
