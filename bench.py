@@ -13,7 +13,7 @@ import time
 import torch
 
 from common import (die, for_inference, get_batch, load_meta, maybe_compile, measured_matmul_flops,
-                    peak_flops as find_peak_flops, setup_device, train_settings)
+                    onednn_float32_matmuls, peak_flops as find_peak_flops, setup_device, train_settings)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -127,8 +127,10 @@ else:
     peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
     if peak is None and device_type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
         peak, peak_source = measured_matmul_flops(device, dtype), f'measured: a 2048^3 {dtype} matmul'
+    onednn = (device, dtype) == ('cpu', 'float32') and onednn_float32_matmuls()  # what setup_device chose
     print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
-          f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps")
+          f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
+          f"{', float32 matmuls on oneDNN' if onednn else ''}")
 
 
     def train_step(it):

@@ -100,18 +100,18 @@ def onednn_float32_matmuls():
     to oneDNN only under fp32_precision='bf16', which lets oneDNN round operands to bfloat16 where it
     has kernels for that (AMX). So a probe keeps the route only if a product comes out float32-exact
     (within 1e-6 of float64; bfloat16 would be ~1e-3 off): the same numbers, computed faster.
-    Returns whether the route is on. Intel CPUs stay on MKL, which runs at full speed there.
+    Returns whether float32 matmuls go to oneDNN. Intel CPUs stay on MKL, at full speed there, and
+    a precision set by someone else is left as it is.
     """
     matmul = getattr(torch.backends.mkldnn, 'matmul', None)  # torch >= 2.9
-    if (getattr(matmul, 'fp32_precision', None) not in ('none', 'ieee') or not torch.backends.mkldnn.is_available()
-            or _cpuinfo('vendor_id') != 'AuthenticAMD' or 'avx512f' not in _cpu_flags()):
-        return False  # not ours to change, or not such a CPU
-    a, b = torch.randn(2, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    before, matmul.fp32_precision = matmul.fp32_precision, 'bf16'
-    err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
-    if err > 1e-6:
-        matmul.fp32_precision = before
-    return matmul.fp32_precision == 'bf16'
+    if (getattr(matmul, 'fp32_precision', None) in ('none', 'ieee') and torch.backends.mkldnn.is_available()
+            and _cpuinfo('vendor_id') == 'AuthenticAMD' and 'avx512f' in _cpu_flags()):
+        a, b = torch.randn(2, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        before, matmul.fp32_precision = matmul.fp32_precision, 'bf16'
+        err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
+        if err > 1e-6:
+            matmul.fp32_precision = before
+    return getattr(matmul, 'fp32_precision', None) == 'bf16'
 
 
 def setup_device(device='auto', dtype='auto', local_rank=0):

@@ -52,6 +52,15 @@ def make_repo(path):
 
 
 @pytest.fixture
+def restore_matmul_precision():
+    """For tests that switch the process-wide float32 matmul route (common.onednn_float32_matmuls)."""
+    import torch
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    yield
+    torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+@pytest.fixture
 def repo(tmp_path):
     return make_repo(tmp_path)
 

@@ -12,13 +12,6 @@ import model as model_module
 from model import GPT, GPTConfig, KVCache
 
 
-@pytest.fixture
-def restore_matmul_precision():
-    before = torch.backends.mkldnn.matmul.fp32_precision
-    yield
-    torch.backends.mkldnn.matmul.fp32_precision = before
-
-
 def _loss_and_grads(model, x, y):
     model.zero_grad()
     _, loss = model(x, y)
