@@ -97,21 +97,26 @@ def onednn_float32_matmuls():
     On AMD CPUs with AVX-512, send float32 matmuls to oneDNN instead of MKL, where that is exact.
     MKL, PyTorch's CPU BLAS, runs only its AVX2 code on non-Intel CPUs: half of what a Zen 5 core's
     AVX-512 units do (measured here: ~190 vs ~380 GFLOP/s on 2 cores). PyTorch routes float32 matmuls
-    to oneDNN only under fp32_precision='bf16', which lets oneDNN round operands to bfloat16 where it
-    has kernels for that (AMX). So a probe keeps the route only if a product comes out float32-exact
-    (within 1e-6 of float64; bfloat16 would be ~1e-3 off): the same numbers, computed faster.
-    Returns whether float32 matmuls go to oneDNN. Intel CPUs stay on MKL, at full speed there, and
-    a precision set by someone else is left as it is.
+    to oneDNN only at torch.set_float32_matmul_precision('medium'), which lets oneDNN round operands
+    to bfloat16 where it has kernels for that (AMX). So a probe keeps the route only if a product
+    comes out float32-exact (within 1e-6 of float64; bfloat16 would be ~1e-3 off): the same numbers,
+    computed faster. Returns whether float32 matmuls go to oneDNN. Intel CPUs stay on MKL, at full
+    speed there, and a precision set by someone else is left as it is.
     """
-    matmul = getattr(torch.backends.mkldnn, 'matmul', None)  # torch >= 2.9
-    if (getattr(matmul, 'fp32_precision', None) in ('none', 'ieee') and torch.backends.mkldnn.is_available()
-            and _cpuinfo('vendor_id') == 'AuthenticAMD' and 'avx512f' in _cpu_flags()):
+    if not hasattr(torch.backends.mkldnn, 'matmul'):  # torch < 2.9: no way to tell which path attention needs
+        return False
+    try:
+        untouched = torch.get_float32_matmul_precision() == 'highest'
+    except RuntimeError:  # backends set apart through the newer per-backend API
+        untouched = False
+    if (untouched and torch.backends.mkldnn.is_available() and _cpuinfo('vendor_id') == 'AuthenticAMD'
+            and 'avx512f' in _cpu_flags()):
         a, b = torch.randn(2, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        before, matmul.fp32_precision = matmul.fp32_precision, 'bf16'
+        torch.set_float32_matmul_precision('medium')
         err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
         if err > 1e-6:
-            matmul.fp32_precision = before
-    return getattr(matmul, 'fp32_precision', None) == 'bf16'
+            torch.set_float32_matmul_precision('highest')
+    return torch.backends.mkldnn.matmul.fp32_precision == 'bf16'
 
 
 def setup_device(device='auto', dtype='auto', local_rank=0):
@@ -165,8 +170,8 @@ def for_inference(model, device, dtype):
     """
     if device != 'cpu' or dtype != 'float32' or not torch.backends.mkldnn.is_available():
         return model
-    if getattr(torch.backends.mkldnn, 'matmul', None) is not None and torch.backends.mkldnn.matmul.fp32_precision == 'bf16':
-        torch.backends.mkldnn.matmul.fp32_precision = 'none'
+    if hasattr(torch.backends.mkldnn, 'matmul') and torch.backends.mkldnn.matmul.fp32_precision == 'bf16':
+        torch.set_float32_matmul_precision('highest')
     try:
         from torch.utils import mkldnn
         with torch.no_grad():

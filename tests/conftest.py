@@ -55,9 +55,9 @@ def make_repo(path):
 def restore_matmul_precision():
     """For tests that switch the process-wide float32 matmul route (common.onednn_float32_matmuls)."""
     import torch
-    before = torch.backends.mkldnn.matmul.fp32_precision
+    before = torch.get_float32_matmul_precision()
     yield
-    torch.backends.mkldnn.matmul.fp32_precision = before
+    torch.set_float32_matmul_precision(before)
 
 
 @pytest.fixture

@@ -50,29 +50,30 @@ def test_spelled_out_attention_with_kv_cache(monkeypatch):
 
 
 def test_onednn_route_only_where_exact(restore_matmul_precision):
-    torch.backends.mkldnn.matmul.fp32_precision = 'none'
+    torch.set_float32_matmul_precision('highest')
     on = common.onednn_float32_matmuls()
     assert on == (torch.backends.mkldnn.matmul.fp32_precision == 'bf16')
+    assert torch.get_float32_matmul_precision() == ('medium' if on else 'highest')  # still readable by anyone
     if on:  # then float32 products still carry float32's precision, not bfloat16's
         a, b = torch.randn(2, 256, 256, dtype=torch.float64)
         err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
         assert err < 1e-6
     # the route is AMD's, AVX-512 only, and a precision someone else chose is left alone
-    for vendor, flags, before in (('GenuineIntel', {'avx512f'}, 'none'), ('AuthenticAMD', {'avx2'}, 'none'),
-                                  ('AuthenticAMD', {'avx512f'}, 'tf32')):
-        torch.backends.mkldnn.matmul.fp32_precision = before
+    for vendor, flags, before in (('GenuineIntel', {'avx512f'}, 'highest'), ('AuthenticAMD', {'avx2'}, 'highest'),
+                                  ('AuthenticAMD', {'avx512f'}, 'high')):
+        torch.set_float32_matmul_precision(before)
         cpuinfo = {'vendor_id': vendor, 'flags': ' '.join(flags)}
         with pytest.MonkeyPatch.context() as m:
             m.setattr(common, '_cpuinfo', cpuinfo.get)
             assert common.onednn_float32_matmuls() is False
-        assert torch.backends.mkldnn.matmul.fp32_precision == before
+        assert torch.get_float32_matmul_precision() == before
 
 
 def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_matmul_precision):
     """Optimizer steps on oneDNN's matmuls (where this CPU takes that route) with spelled-out attention
     give the losses of MKL's matmuls with scaled_dot_product_attention."""
     def losses(fast):
-        torch.backends.mkldnn.matmul.fp32_precision = 'none'
+        torch.set_float32_matmul_precision('highest')
         if fast:
             common.onednn_float32_matmuls()
         monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: fast)
