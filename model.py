@@ -67,16 +67,18 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
 
 
-def _flash_is_slow(q):
+def _flash_is_slow(q, k):
     """
-    Whether to spell attention out instead of calling scaled_dot_product_attention: on CPU in float32
-    once float32 matmuls go to oneDNN (common.onednn_float32_matmuls turns that on for AMD CPUs).
-    CPU flash attention runs each small tile through PyTorch's gemm, and routed to oneDNN every tile
-    pays oneDNN's per-call setup: 6x slower than flash on MKL. The spelled-out version's few whole
-    batched matmuls run there about as fast as flash on MKL (measured for the CPU recipe's shapes).
+    Whether to spell attention out instead of calling scaled_dot_product_attention: on CPU in float32,
+    for up to 128 keys, once float32 matmuls go to oneDNN (common.onednn_float32_matmuls turns that on
+    for AMD CPUs). CPU flash attention runs each tile through PyTorch's gemm, and on oneDNN every call
+    pays a setup cost that small tiles cannot hide: for the CPU recipe's shapes (64 keys) flash gets 6x
+    slower there, while the spelled-out version runs as fast as flash on MKL. From ~256 keys on, flash
+    on oneDNN is as fast or faster, and it spares the (T, T) attention matrices' memory.
     """
     matmul = getattr(torch.backends.mkldnn, 'matmul', None)  # torch >= 2.9
-    return q.device.type == 'cpu' and q.dtype == torch.float32 and getattr(matmul, 'fp32_precision', '') == 'bf16'
+    return (q.device.type == 'cpu' and q.dtype == torch.float32 and k.size(-2) <= 128
+            and getattr(matmul, 'fp32_precision', '') == 'bf16')
 
 
 class CausalSelfAttention(nn.Module):
@@ -109,7 +111,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if T > 1:
                     mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
-        if _flash_is_slow(q):
+        if _flash_is_slow(q, k):
             # attention spelled out: softmax(q k^T / sqrt(hs) + mask) v, the mask (0 or -inf) added by the matmul
             S = k.size(2)
             if is_causal:

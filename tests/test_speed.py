@@ -23,9 +23,9 @@ def test_spelled_out_attention_equals_sdpa(monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23))
     x, y = torch.randint(0, 23, (2, 3, 16))
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: False)
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: False)
     loss_sdpa, grads_sdpa = _loss_and_grads(model, x, y)
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: True)
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: True)
     loss_ours, grads_ours = _loss_and_grads(model, x, y)
     assert loss_ours == pytest.approx(loss_sdpa, abs=1e-6)
     for n in grads_sdpa:
@@ -37,10 +37,10 @@ def test_spelled_out_attention_with_kv_cache(monkeypatch):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23)).eval()
     x = torch.randint(0, 23, (2, 12))
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: False)
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: False)
     with torch.no_grad():
         full, _ = model(x, x)  # logits at every position, no cache
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: True)
+    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: True)
     cache = KVCache(n_layer=2, max_len=16)
     with torch.no_grad():
         for start, end in ((0, 5), (5, 8), (8, 9), (9, 10), (10, 12)):
@@ -76,7 +76,7 @@ def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_mat
         torch.set_float32_matmul_precision('highest')
         if fast:
             common.onednn_float32_matmuls()
-        monkeypatch.setattr(model_module, '_flash_is_slow', lambda q: fast)
+        monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: fast)
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
@@ -90,3 +90,13 @@ def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_mat
         return out
 
     assert losses(fast=True) == pytest.approx(losses(fast=False), abs=1e-5)
+
+
+def test_spelled_out_only_for_short_float32_attention_on_the_route(restore_matmul_precision):
+    q = torch.zeros(1, 1, 64, 8)
+    torch.set_float32_matmul_precision('medium')  # the route's setting, whatever this CPU does with it
+    assert model_module._flash_is_slow(q, q)
+    assert not model_module._flash_is_slow(q, torch.zeros(1, 1, 256, 8))  # long: flash amortises oneDNN's setup
+    assert not model_module._flash_is_slow(q.bfloat16(), q.bfloat16())
+    torch.set_float32_matmul_precision('highest')
+    assert not model_module._flash_is_slow(q, q)  # MKL: flash is the fast path
