@@ -13,7 +13,7 @@ import time
 import torch.distributed as dist
 
 import tasks
-from common import die, get_tokenizer, load_model, setup_device
+from common import die, end_ddp, get_tokenizer, load_model, setup_device
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -82,5 +82,4 @@ if rank == 0:
         json.dump(results, f, indent=2)
     print(f"wrote {os.path.join(out_dir, f'eval_{task}.json')}")
 if ddp:
-    dist.barrier()
-    dist.destroy_process_group()
+    end_ddp()

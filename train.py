@@ -26,8 +26,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from common import (die, get_batch, get_tokenizer, load_checkpoint, load_meta, load_optimizer_state, maybe_compile,
-                    model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
+from common import (die, end_ddp, get_batch, get_tokenizer, load_checkpoint, load_meta, load_optimizer_state,
+                    maybe_compile, model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint,
+                    setup_device)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -358,5 +359,4 @@ while True:
 if wandb_log and master_process:
     wandb.finish()
 if ddp:
-    dist.barrier()  # gloo aborts if a rank tears down while another still works
-    dist.destroy_process_group()
+    end_ddp()
