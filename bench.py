@@ -32,9 +32,12 @@ exec(open('configurator.py').read())  # overrides from command line or config fi
 
 if mode not in ('train', 'generate'):
     die(f"mode must be 'train' or 'generate', got '{mode}'")
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens'):
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens', 'n_layer',
+             'n_head', 'n_embd'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
+if n_embd % n_head:
+    die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
 device_type = device.split(':')[0]

@@ -172,31 +172,56 @@ def end_ddp():
     dist.barrier()
     dist.destroy_process_group()
     if gloo:
+        for fn in _at_os_exit:
+            fn()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
 
 
-def for_inference(model, device, dtype):
+class PackedLinear(torch.nn.Module):
+    """
+    An inference-only nn.Linear whose weight oneDNN has reordered once into its blocked layout, so
+    each call skips that work: decoding reads every weight once per token, and on CPUs the packed
+    product streams them ~1.5x faster than the plain float32 matmul. These are the kernels that
+    torch.compile's CPU freezing pass emits (torch.ops.mkldnn), called directly because a growing
+    KV cache would make torch.compile recompile at every step; torch.utils.mkldnn, which did the
+    same, is a deprecated TorchScript module.
+    """
+
+    def __init__(self, linear, batch_size):
+        super().__init__()
+        self.out_features = linear.out_features
+        self.register_buffer('weight', torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_size))
+        self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x):
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, 'none', [], '')
+
+
+def for_inference(model, device, dtype, batch_size=1):
     """
     Make an eval-mode model faster at generating, where that is known to pay: on CPUs in float32
-    the Linear layers go to oneDNN with their weights pre-packed in its blocked layout
-    (torch.utils.mkldnn), 1.5-2x faster at decoding one token at a time, which reads every weight
-    once per token. Logits stay within ~1e-5 of the plain model's. The model is changed in place and
-    can only run inference afterwards; the tied lm_head gets its own packed copy of wte.
-    The float32 matmuls left are attention's over the KV cache, batched over strided slices, where
-    MKL is ~4x faster than oneDNN: so the oneDNN route for them (onednn_float32_matmuls) goes off.
+    every Linear becomes a PackedLinear (oneDNN, weights pre-packed), with logits within ~1e-5 of
+    the plain model's. The model is changed in place and can only run inference afterwards; the tied
+    lm_head gets its own packed copy of wte. The float32 matmuls left are attention's over the KV
+    cache, batched over strided slices, where MKL is ~4x faster than oneDNN: so the oneDNN route
+    for them (onednn_float32_matmuls) goes off.
     """
-    if device != 'cpu' or dtype != 'float32' or not torch.backends.mkldnn.is_available():
+    if (device != 'cpu' or dtype != 'float32' or not torch.backends.mkldnn.is_available()
+            or not all(hasattr(torch.ops.mkldnn, op) for op in ('_linear_pointwise', '_reorder_linear_weight'))):
         return model
     if hasattr(torch.backends.mkldnn, 'matmul') and torch.backends.mkldnn.matmul.fp32_precision == 'bf16':
         torch.set_float32_matmul_precision('highest')
-    try:
-        from torch.utils import mkldnn
-        with torch.no_grad():
-            return mkldnn.to_mkldnn(model.eval())
-    except ImportError:  # a torch without it: the plain model works
-        return model
+
+    def pack(module):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, PackedLinear(child, batch_size))
+            else:
+                pack(child)
+    pack(model.eval())
+    return model
 
 
 # dense bf16 tensor-core peaks, FLOP/s, by substring of torch.cuda.get_device_name()
@@ -253,14 +278,32 @@ def strip_prefixes(state_dict):
     return out
 
 
+def _os_error(e):
+    """The OSError behind an exception, if any: torch.save reports a failed write as a RuntimeError."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def _atomic_save(obj, path):
-    """Write to a temporary file beside path, then rename: path is always complete, old or new."""
+    """
+    Write to a temporary file beside path, then rename: path is always complete, old or new. A write
+    that fails (a full disk) removes the temporary file and ends the run with one line naming path.
+    """
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: no temporary file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        die(f"{(cause.strerror or str(cause)).lower()} writing {path}; the previous checkpoint is untouched")
 
 
 def save_checkpoint(out_dir, checkpoint, optimizer_state):
@@ -269,10 +312,17 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state):
     that sample.py and export.py read); the optimizer state, twice that size, goes to
     out_dir/optimizer-<iter>.pt, which ckpt.pt names. The optimizer file is written first and the
     previous one removed last, so a kill at any moment leaves a ckpt.pt whose optimizer file exists.
+    If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays.
     """
     name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
+    existed = os.path.exists(os.path.join(out_dir, name))  # a resumed run saving its first iteration again
     _atomic_save(optimizer_state, os.path.join(out_dir, name))
-    _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+    try:
+        _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+    except BaseException:
+        if not existed:
+            os.remove(os.path.join(out_dir, name))
+        raise
     for f in os.listdir(out_dir):
         if f.startswith('optimizer-') and f != name:
             os.remove(os.path.join(out_dir, f))
@@ -349,6 +399,114 @@ def load_model(init_from, out_dir, trust=False):
 
 
 # -----------------------------------------------------------------------------
+# a run's out_dir: one run at a time, Ctrl-C, and the record of its losses
+
+def lock_out_dir(out_dir):
+    """
+    Hold out_dir/lock for the life of this process, or exit with one line naming the run that holds
+    it: two runs writing the same checkpoints would destroy each other's. The lock is the kernel's
+    (flock), so a run killed with kill -9 leaves a file but no lock, and the next run simply takes
+    it. Where there is no flock (Windows), runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path = os.path.join(out_dir, 'lock')
+    while True:
+        f = open(path, 'a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or 'unknown'
+            die(f"{out_dir} is in use by another training run (PID {holder}); wait for it, stop it, or "
+                f"choose another --out_dir")
+        try:  # the file may have been removed by the run that held it just before: lock the current one
+            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+
+    def release():
+        os.remove(path)  # before the lock goes, so a waiting run never locks a removed file
+        f.close()
+    import atexit
+    atexit.register(release)
+    _at_os_exit.append(release)
+
+
+_at_os_exit = []  # what end_ddp must still do when it skips the interpreter's exit (and so atexit)
+
+
+def exit_on_interrupt(where=None):
+    """
+    Ctrl-C (SIGINT) ends the script with one line on stderr, 'interrupted ' + where() (nothing where
+    where is None: the other DDP ranks), and exit status 130, instead of a KeyboardInterrupt traceback.
+    It raises SystemExit, so a checkpoint being written is abandoned cleanly (its temporary file
+    removed) and the previous one stays.
+    """
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
+        if where is not None:
+            print(f"\ninterrupted {where()}", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    signal.signal(signal.SIGINT, handler)
+
+
+class MetricsLog:
+    """
+    out_dir/metrics.jsonl: one JSON object per log line and per evaluation, each with its 'iter',
+    so a run can be read or plotted without wandb. A run started at iteration iter_num (a resume)
+    keeps the entries of the iterations before it and drops the rest, which it is about to redo:
+    the record never holds an iteration twice.
+    """
+
+    def __init__(self, path, iter_num):
+        self.path = path
+        kept = []
+        if iter_num > 0 and os.path.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                for line in f:
+                    try:
+                        if json.loads(line)['iter'] < iter_num:
+                            kept.append(line if line.endswith('\n') else line + '\n')
+                    except (ValueError, KeyError, TypeError):
+                        pass  # a line cut short by a kill
+        try:
+            with open(path + '.tmp', 'w', encoding='utf-8') as f:
+                f.writelines(kept)
+            os.replace(path + '.tmp', path)
+            self.file = open(path, 'a', encoding='utf-8')
+        except OSError as e:
+            die(f"{e.strerror.lower()} writing {path}")
+
+    def log(self, **entry):
+        try:
+            self.file.write(json.dumps(entry) + '\n')
+            self.file.flush()
+        except OSError as e:
+            die(f"{e.strerror.lower()} writing {self.path}")
+
+
+def format_duration(seconds):
+    """1h02m, 3m05s, 42s: a duration the way a progress line shows it."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+# -----------------------------------------------------------------------------
 # datasets, batches, tokenizers
 
 def train_settings():
@@ -359,23 +517,43 @@ def train_settings():
 
 
 def open_split(data_dir, split, block_size):
-    """data_dir/{split}.bin as a read-only array of uint16 token ids."""
+    """data_dir/{split}.bin as a read-only array of uint16 token ids: a whole number of them, and enough."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
         die(f"no {path}: prepare the dataset first (python {os.path.join(data_dir, 'prepare.py')})")
-    data = np.memmap(path, dtype=np.uint16, mode='r')
+    size = os.path.getsize(path)
+    if size % 2:
+        die(f"{path} has an odd number of bytes ({size}): not a file of uint16 token ids (damaged or cut short?)")
+    data = np.memmap(path, dtype=np.uint16, mode='r') if size else np.zeros(0, dtype=np.uint16)
     if len(data) < block_size + 1:
         die(f"{path} has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
     return data
 
 
-def get_batch(data, batch_size, block_size, seed, device):
+def check_token_ids(data, vocab_size, path):
+    """
+    Every token id of a file up to 2^28 tokens (512 MB, read in full) is below vocab_size, or one
+    line; the ids of larger files are checked batch by batch instead (get_batch with vocab_size).
+    """
+    if len(data) <= 2**28:
+        top = max(int(data[i:i + 2**24].max()) for i in range(0, len(data), 2**24))
+        if top >= vocab_size:
+            die(f"{path} holds token id {top}, beyond the vocabulary ({vocab_size} tokens): "
+                f"was it prepared for another dataset or tokenizer?")
+
+
+def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     """
     batch_size random windows of data as (x, y), y shifted by one token. The windows depend
-    only on seed (an int or a tuple of ints), which makes runs and resumes reproducible.
+    only on seed (an int or a tuple of ints), which makes runs and resumes reproducible. With
+    vocab_size, a token id beyond it ends the run with one line (a check of ~B*T ids, on the CPU).
     """
     ix = np.random.default_rng(seed).integers(len(data) - block_size, size=batch_size)
-    buf = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))  # (B, T+1)
+    rows = data[ix[:, None] + np.arange(block_size + 1)]  # (B, T+1)
+    if vocab_size and rows.max() >= vocab_size:
+        die(f"{getattr(data, 'filename', 'the data')} holds token id {rows.max()}, beyond the vocabulary "
+            f"({vocab_size} tokens): was it prepared for another dataset or tokenizer?")
+    buf = torch.from_numpy(rows.astype(np.int64))
     if device.startswith('cuda'):
         buf = buf.pin_memory().to(device, non_blocking=True)
     else:
@@ -396,8 +574,15 @@ def load_meta(data_dir):
     """
     path = os.path.join(data_dir, 'meta.json')
     if os.path.isfile(path):
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
+        try:
+            with open(path, encoding='utf-8') as f:
+                meta = json.load(f)
+            itos = meta['itos']
+            assert meta['vocab_size'] == len(itos) and all(isinstance(c, str) for c in itos)
+        except (ValueError, KeyError, TypeError, AssertionError) as e:  # JSON and UTF-8 errors are ValueErrors
+            why = 'not valid JSON' if isinstance(e, ValueError) else "not {'vocab_size': n, 'itos': [n strings]}"
+            die(f"cannot read {path}: {why}; run python {os.path.join(data_dir, 'prepare.py')} again")
+        return meta
     path = os.path.join(data_dir, 'meta.pkl')
     if os.path.isfile(path):
         try:

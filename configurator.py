@@ -48,6 +48,8 @@ def _configure(argv, g):
         elif isinstance(default, float):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
+            if raw is not None and raw.strip().lower().lstrip('+-') in ('nan', 'inf', 'infinity'):
+                return float(raw)  # a float all the same: the script says what range it needs
             want = "a float"
         else:
             if isinstance(value, str):

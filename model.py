@@ -343,7 +343,12 @@ class GPT(nn.Module):
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, 'config.json'), 'w') as f:
             json.dump(hf, f, indent=2)
-        save_file(sd, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+        path = os.path.join(directory, 'model.safetensors')
+        save_file(sd, path + '.tmp', metadata={'format': 'pt'})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path + '.tmp', 0o666 & ~umask)  # safetensors writes 0600; ckpt.pt and config.json follow the umask
+        os.replace(path + '.tmp', path)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""

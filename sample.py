@@ -5,9 +5,12 @@ $ python sample.py --init_from=gpt2-xl --start="What is the answer to life, the 
 All num_samples are drawn as one batch (sample i with seed + i, so it is the same text whatever
 num_samples is); a single sample is printed token by token as it is generated.
 """
-import torch
+import sys
 
-from common import die, for_inference, get_tokenizer, load_model, maybe_compile, setup_device
+import torch
+from tqdm import tqdm
+
+from common import die, exit_on_interrupt, for_inference, get_tokenizer, load_model, maybe_compile, setup_device
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -41,6 +44,7 @@ if top_k <= 0:
 if not 0.0 < top_p <= 1.0:
     die(f"top_p must be in (0, 1], got {top_p}")
 
+exit_on_interrupt(lambda: "while sampling")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
 
@@ -50,7 +54,7 @@ vocab_size = meta['vocab_size'] if meta else model.config.vocab_size
 if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.to(device)
-model = for_inference(model, device, dtype)
+model = for_inference(model, device, dtype, batch_size=num_samples)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
 # tokenizer: the dataset's characters, else GPT-2 BPE
@@ -97,7 +101,10 @@ with torch.no_grad():
             print(decode(pending))
             print('---------------')
         else:
-            y = model.generate(x, max_new_tokens, **controls)
+            # the whole batch at once, its progress on stderr so that stdout holds only the samples
+            steps = tqdm(model.generate_stream(x, max_new_tokens, **controls), total=max_new_tokens,
+                         desc=f"sampling {num_samples} x {max_new_tokens} tokens", unit='tok', file=sys.stderr)
+            y = torch.cat([x, *steps], dim=1)
             for row in y.tolist():
                 new = row[len(start_ids):]
                 if stop_token in new:

@@ -18,6 +18,7 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=123.456.123
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 
@@ -26,9 +27,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from common import (die, end_ddp, get_batch, get_tokenizer, load_checkpoint, load_meta, load_optimizer_state,
-                    maybe_compile, model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint,
-                    setup_device)
+from common import (MetricsLog, check_token_ids, die, end_ddp, exit_on_interrupt, format_duration, get_batch,
+                    get_tokenizer, load_checkpoint, load_meta, load_optimizer_state, lock_out_dir, maybe_compile,
+                    model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -85,9 +86,23 @@ exec(open('configurator.py').read())  # overrides from command line or config fi
 config = {k: globals()[k] for k in config_keys}  # will be useful for logging
 # -----------------------------------------------------------------------------
 
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval'):
+# settings that would fail later, or silently do the wrong thing: one line now instead
+for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_iters', 'eval_interval', 'log_interval',
+             'n_layer', 'n_head', 'n_embd'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
+for name in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit'):
+    if globals()[name] < 0:
+        die(f"{name} must be >= 0, got {globals()[name]}")
+for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive'),
+                       ('min_lr', min_lr >= 0, 'finite and >= 0'), ('weight_decay', weight_decay >= 0, 'finite and >= 0'),
+                       ('grad_clip', grad_clip >= 0, 'finite and >= 0 (0 turns clipping off)'),
+                       ('beta1', 0 <= beta1 < 1, 'in [0, 1)'), ('beta2', 0 <= beta2 < 1, 'in [0, 1)'),
+                       ('dropout', 0 <= dropout < 1, 'in [0, 1)')):
+    if not (ok and math.isfinite(globals()[name])):  # NaN fails every comparison
+        die(f"{name} must be {want}, got {globals()[name]}")
+if init_from == 'scratch' and n_embd % n_head:
+    die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 if decay_lr and lr_decay_iters <= warmup_iters:
     die(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters}), or set decay_lr=False")
 
@@ -118,6 +133,7 @@ if master_process:
             raise PermissionError(out_dir)
     except OSError as e:
         die(f"cannot write to out_dir '{out_dir}': {e}")
+    lock_out_dir(out_dir)  # one run per out_dir: a second one would overwrite this one's checkpoints
 
 # data: memory-mapped once, batches drawn from (seed, iteration, micro-step) alone
 data_dir = os.path.join('data', dataset)
@@ -129,7 +145,7 @@ def train_batch(it, micro_step):
     # numbering micro-steps across ranks makes N processes see exactly the batches
     # one process would see with N times the gradient accumulation
     return get_batch(train_data, batch_size, block_size,
-                     (seed, 0, it, ddp_rank * gradient_accumulation_steps + micro_step), device)
+                     (seed, 0, it, ddp_rank * gradient_accumulation_steps + micro_step), device, vocab_size)
 
 
 # the vocab size comes from the dataset's metadata if it has one
@@ -151,6 +167,20 @@ torch.manual_seed(seed)
 iter_num = 0
 best_val_loss = 1e9
 checkpoint = None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+saved_iter = None  # the iteration of the newest checkpoint in out_dir, if any
+
+
+def where_interrupted():
+    saved = f"the last checkpoint is {ckpt_path} (iter {saved_iter}; continue with --init_from=resume)" \
+        if saved_iter is not None else "no checkpoint was written"
+    return f"at iter {iter_num}: {saved}"
+
+
+exit_on_interrupt(where_interrupted if master_process else None)
+if init_from != 'resume' and master_process and os.path.isfile(ckpt_path):
+    print(f"warning: {ckpt_path} exists and this run starts from {init_from}: its first checkpoint will replace "
+          f"that one (--init_from=resume continues it instead)", file=sys.stderr)
 if init_from == 'scratch':
     if meta_vocab_size is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
@@ -165,7 +195,7 @@ elif init_from == 'resume':
         if k in _set_keys and globals()[k] != saved[k]:
             die(f"the checkpoint in {out_dir} has {k}={saved[k]}, but {k}={globals()[k]} was asked")
     model = model_from_checkpoint(checkpoint, dropout=dropout)
-    iter_num = checkpoint['iter_num']
+    iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss = float(checkpoint['best_val_loss'])
 else:
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
@@ -180,6 +210,9 @@ elif block_size > model.config.block_size:
     die(f"block_size {block_size} is larger than the model's {model.config.block_size}")
 if meta_vocab_size and model.config.vocab_size < meta_vocab_size:
     die(f"the dataset has {meta_vocab_size} tokens, the model only {model.config.vocab_size}")
+vocab_size = meta_vocab_size or model.config.vocab_size  # no token id in the data may reach it
+for split, data in (('train', train_data), ('val', val_data)):
+    check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
 model.to(device)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 
@@ -213,7 +246,7 @@ def estimate_loss():
     for split, data in (('train', train_data), ('val', val_data)):
         losses = torch.zeros(eval_iters, device=device)  # on device: one sync per split, not per batch
         for k in range(eval_iters):
-            X, Y = get_batch(data, batch_size, block_size, (seed, 1, k), device)
+            X, Y = get_batch(data, batch_size, block_size, (seed, 1, k), device, vocab_size)
             with ctx:
                 logits, loss = model(X, Y)
             losses[k] = loss.float()
@@ -234,7 +267,8 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-# logging
+# logging: out_dir/metrics.jsonl always, wandb if asked
+metrics = MetricsLog(os.path.join(out_dir, 'metrics.jsonl'), iter_num) if master_process else None
 if wandb_log and master_process:
     import wandb
     # a resumed run continues the wandb run its checkpoint names
@@ -252,8 +286,9 @@ def stop_if_not_finite():
 # training loop
 first_bad_iter = torch.tensor(-1, device=device)  # the first iteration whose loss was NaN/Inf, kept on device
 X, Y = train_batch(iter_num, 0)  # fetch the very first batch
-t0 = time.time()
+t0 = t_start = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
+best_iter = None  # the iteration of best_val_loss, when this process saw it
 running_mfu = -1.0
 while True:
 
@@ -267,11 +302,14 @@ while True:
         stop_if_not_finite()
         losses = estimate_loss()
         print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        metrics.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
         if wandb_log:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                        "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
         if not math.isfinite(losses['val']):
             die(f"val loss is {losses['val']} at iter {iter_num}; stopping (the last checkpoint in {out_dir} is untouched)")
+        if losses['val'] < best_val_loss:
+            best_iter = iter_num
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
@@ -289,6 +327,7 @@ while True:
                 save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
                                                       'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
+                saved_iter = iter_num
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:
         raw_model.eval()
@@ -299,6 +338,8 @@ while True:
         if master_process:
             print(f"step {iter_num}: hellaswag acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f} "
                   f"({result['examples']} examples)")
+            metrics.log(iter=iter_num, hellaswag_acc_norm=result['acc_norm'], hellaswag_acc=result['acc'],
+                        hellaswag_examples=result['examples'])
             if wandb_log:
                 wandb.log({"iter": iter_num, "hellaswag/acc_norm": result['acc_norm'],
                            "hellaswag/acc": result['acc']}, step=iter_num)
@@ -348,7 +389,11 @@ while True:
                 if mfu is not None:
                     running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             mfu_str = f"{running_mfu * 100:.2f}%" if peak else "n/a"  # unknown device: set peak_flops
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}")
+            # progress, and the time left at this process's pace so far (evaluations included)
+            left = (t1 - t_start) / (local_iter_num + 1) * (max_iters - iter_num)
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, "
+                  f"{100 * iter_num / max(max_iters, 1):.1f}%, {format_duration(left)} left")
+            metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr)
     iter_num += 1
     local_iter_num += 1
 
@@ -356,6 +401,16 @@ while True:
     if iter_num > max_iters:
         break
 
+# the summary: what was done, the best val loss, and where the model is
+if master_process and not eval_only:
+    best = "no evaluation" if best_val_loss == 1e9 else f"best val loss {best_val_loss:.4f}" + \
+        (f" at iter {best_iter}" if best_iter is not None else "")
+    print(f"training done: {local_iter_num} iterations (iter {iter_num - local_iter_num} to {iter_num - 1}) in "
+          f"{format_duration(time.time() - t_start)}, {best}")
+    if saved_iter is not None:
+        print(f"checkpoint: {ckpt_path} (iter {saved_iter}); sample from it with: python sample.py --out_dir={out_dir}")
+    else:
+        print(f"no checkpoint written: one is saved at each evaluation after iter 0 (eval_interval={eval_interval})")
 if wandb_log and master_process:
     wandb.finish()
 if ddp:

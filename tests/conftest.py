@@ -3,6 +3,7 @@ Shared fixtures: a scratch copy of the repository with a tiny character dataset,
 helper that runs its scripts the way a user does (python train.py ... from the repo root).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,12 +29,18 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 
 def run(cwd, *args, env=None, timeout=240, check=True):
-    """Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd."""
+    """
+    Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd. With check, it must
+    succeed without a Python warning (DeprecationWarning, FutureWarning, UserWarning, ...) on stderr:
+    a clean run of any script prints none, from our code or from the libraries it calls.
+    """
     cmd = [sys.executable, *args] if args[0] != 'torchrun' else [sys.executable, '-m', 'torch.distributed.run', *args[1:]]
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})}
     p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    if check:
+        assert not re.search(r'\w+Warning\b', p.stderr), f"{' '.join(args)} warned:\n{p.stderr[-3000:]}"
     return p
 
 

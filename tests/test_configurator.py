@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REPO, run
 
-SOURCE = open(os.path.join(REPO, 'configurator.py')).read()
+with open(os.path.join(REPO, 'configurator.py')) as _f:
+    SOURCE = _f.read()
 
 
 def configure(argv, **defaults):

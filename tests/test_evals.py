@@ -80,7 +80,7 @@ def hf_nll(hf, ctx_ids, target_ids):
 def test_hellaswag_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=hellaswag', f'--data_file={fixtures / "hellaswag.jsonl"}',
         f'--out_dir={tmp_path}', '--device=cpu')
-    got = json.load(open(tmp_path / 'eval_hellaswag.json'))
+    got = json.loads((tmp_path / 'eval_hellaswag.json').read_text())
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     enc = gpt2_encoding()
     correct = correct_norm = 0
@@ -96,7 +96,7 @@ def test_hellaswag_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
 def test_lambada_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=lambada', f'--data_file={fixtures / "lambada.jsonl"}',
         f'--out_dir={tmp_path}', '--device=cpu', '--batch_size=2')
-    got = json.load(open(tmp_path / 'eval_lambada.json'))
+    got = json.loads((tmp_path / 'eval_lambada.json').read_text())
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     enc = gpt2_encoding()
     correct, nll, n = 0, 0.0, 0
@@ -150,8 +150,8 @@ def test_ddp_counts_add_up(gpt2_dir, fixtures, tmp_path, task):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', f'--task={task}', data, f'--out_dir={tmp_path / "one"}', '--device=cpu')
     run(REPO, 'torchrun', '--standalone', '--nproc_per_node=2', 'eval.py', f'--init_from={gpt2_dir}', f'--task={task}',
         data, f'--out_dir={tmp_path / "two"}', '--device=cpu')
-    one = json.load(open(tmp_path / 'one' / f'eval_{task}.json'))
-    two = json.load(open(tmp_path / 'two' / f'eval_{task}.json'))
+    one = json.loads((tmp_path / 'one' / f'eval_{task}.json').read_text())
+    two = json.loads((tmp_path / 'two' / f'eval_{task}.json').read_text())
     assert one['examples'] == two['examples'] == 5 and one['acc'] == two['acc']
     metric = 'acc_norm' if task == 'hellaswag' else 'perplexity'
     assert two[metric] == pytest.approx(one[metric], rel=1e-6)
@@ -160,7 +160,7 @@ def test_ddp_counts_add_up(gpt2_dir, fixtures, tmp_path, task):
 def test_limit_and_missing_data(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', f'--data_file={fixtures / "hellaswag.jsonl"}', '--limit=2',
         f'--out_dir={tmp_path}', '--device=cpu')
-    assert json.load(open(tmp_path / 'eval_hellaswag.json'))['examples'] == 2
+    assert json.loads((tmp_path / 'eval_hellaswag.json').read_text())['examples'] == 2
     p = run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--data_file=nope.jsonl', check=False)
     assert p.returncode == 1 and p.stderr.strip().startswith('error: no nope.jsonl')
 
@@ -170,7 +170,8 @@ def test_hellaswag_during_training(gpt2_dir, fixtures, tmp_path):
     data = os.path.join(repo, 'data', 'shakespeare')
     os.makedirs(data)
     shutil.copy(os.path.join(REPO, 'data', 'shakespeare', 'prepare.py'), data)
-    open(os.path.join(data, 'input.txt'), 'w').write(TEXT)
+    with open(os.path.join(data, 'input.txt'), 'w') as f:
+        f.write(TEXT)
     run(repo, 'data/shakespeare/prepare.py')
     os.makedirs(os.path.join(repo, 'data', 'hellaswag'))
     shutil.copy(fixtures / 'hellaswag.jsonl', os.path.join(repo, 'data', 'hellaswag', 'hellaswag_val.jsonl'))

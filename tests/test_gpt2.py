@@ -7,6 +7,7 @@ Run: python -m pytest tests/test_gpt2.py
 """
 import json
 import os
+import pathlib
 import re
 import shutil
 
@@ -147,7 +148,7 @@ def test_finetune_config_improves_val_loss(bpe_repo):
     assert 'assuming GPT-2 encodings' in out and out.count('---------------') == 1
     run(bpe_repo, 'export.py', '--out_dir=ft')
     hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
-    assert json.load(open(os.path.join(bpe_repo, 'ft', 'hf', 'config.json')))['n_positions'] == 32
+    assert json.loads(pathlib.Path(bpe_repo, 'ft', 'hf', 'config.json').read_text())['n_positions'] == 32
     from common import model_from_checkpoint
     ours = model_from_checkpoint(ckpt).eval()
     x = torch.randint(0, 50257, (1, 32))

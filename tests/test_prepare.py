@@ -13,7 +13,8 @@ from conftest import TEXT, run
 
 def test_prepare_char_dataset(repo):
     data = os.path.join(repo, 'data', 'tiny_char')
-    meta = json.load(open(os.path.join(data, 'meta.json')))
+    with open(os.path.join(data, 'meta.json')) as f:
+        meta = json.load(f)
     itos = meta['itos']
     assert meta['vocab_size'] == len(itos) == len(set(TEXT)) and itos == sorted(set(TEXT))
     train = np.fromfile(os.path.join(data, 'train.bin'), dtype=np.uint16)

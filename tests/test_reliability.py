@@ -27,7 +27,8 @@ def iter_losses(stdout):
 
 
 def digest(path):
-    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_resume_is_exact_with_accumulation_and_dropout(repo):
@@ -136,7 +137,8 @@ def test_nanogpt_meta_pkl_is_read(trained, tmp_path):
     repo = str(tmp_path / 'r')
     shutil.copytree(trained, repo)
     data = os.path.join(repo, 'data', 'tiny_char')
-    itos = json.load(open(os.path.join(data, 'meta.json')))['itos']
+    with open(os.path.join(data, 'meta.json')) as f:
+        itos = json.load(f)['itos']
     os.remove(os.path.join(data, 'meta.json'))
     with open(os.path.join(data, 'meta.pkl'), 'wb') as f:
         pickle.dump({'vocab_size': len(itos), 'itos': dict(enumerate(itos)), 'stoi': {c: i for i, c in enumerate(itos)}}, f)
@@ -147,7 +149,8 @@ def test_nanogpt_meta_pkl_is_read(trained, tmp_path):
 def test_no_unsafe_load_in_the_code():
     sources = glob.glob(os.path.join(REPO, '*.py')) + glob.glob(os.path.join(REPO, 'data', '*', '*.py'))
     for path in sources:
-        text = open(path).read()
+        with open(path) as f:
+            text = f.read()
         assert 'pickle.load(' not in text and 'pickle.loads(' not in text, path
         for call in re.findall(r'torch\.load\(.*', text):  # each call is on one line
             assert 'weights_only=True' in call or 'weights_only=not trust' in call, (path, call)
@@ -176,6 +179,14 @@ def one_line_error(p, expected):
     (['--device=cuda'], "device 'cuda' asked for, but this torch sees no CUDA GPU"),
     (['--dtype=fp8'], "unknown dtype 'fp8'"),
     (['--out_dir=data/tiny_char/train.bin/out'], "cannot write to out_dir 'data/tiny_char/train.bin/out'"),
+    (['--n_embd=100', '--n_head=3'], 'n_embd (100) must be divisible by n_head (3)'),
+    (['--dropout=-0.5'], 'dropout must be in [0, 1), got -0.5'),
+    (['--dropout=1.5'], 'dropout must be in [0, 1), got 1.5'),
+    (['--max_iters=-1'], 'max_iters must be >= 0, got -1'),
+    (['--learning_rate=nan'], 'learning_rate must be finite and positive, got nan'),
+    (['--learning_rate=0'], 'learning_rate must be finite and positive, got 0.0'),
+    (['--beta2=1.0'], 'beta2 must be in [0, 1), got 1.0'),
+    (['--grad_clip=-inf'], 'grad_clip must be finite and >= 0'),
 ])
 def test_train_bad_input(trained, args, expected):
     # TINY's settings come first, the bad one last; the checkpoint in out/ has n_layer=2, block_size=16
@@ -194,8 +205,10 @@ def test_damaged_checkpoint(trained, tmp_path, damage):
     repo = str(tmp_path / 'r')
     shutil.copytree(trained, repo)
     path = os.path.join(repo, 'out', 'ckpt.pt')
-    data = open(path, 'rb').read()
-    open(path, 'wb').write(data[:len(data) // 2] if damage == 'truncate' else os.urandom(1000))
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) // 2] if damage == 'truncate' else os.urandom(1000))
     before = digest(path)
     for script in ('sample.py', 'train.py'):
         extra = ['--init_from=resume', *TINY] if script == 'train.py' else []
@@ -232,3 +245,158 @@ def test_bfloat16_without_hardware(monkeypatch, capsys):
     monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx512_bf16'})
     assert common.pick_dtype('cpu', 'bfloat16') == 'bfloat16'
     assert common.pick_dtype('cpu', 'auto') == 'float32'  # emulated bf16 is slower
+
+
+@pytest.mark.parametrize('damage,expected', [
+    ('odd_bytes', 'data/tiny_char/train.bin has an odd number of bytes'),
+    ('token_beyond_vocab', 'data/tiny_char/train.bin holds token id 999, beyond the vocabulary (33 tokens)'),
+    ('meta_not_json', 'cannot read data/tiny_char/meta.json: not valid JSON'),
+    ('meta_wrong_shape', "cannot read data/tiny_char/meta.json: not {'vocab_size': n, 'itos': [n strings]}"),
+])
+def test_damaged_dataset(trained, tmp_path, damage, expected):
+    """Token files and vocabularies are checked before training; sample.py reads the same meta.json."""
+    import json
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    data = os.path.join(repo, 'data', 'tiny_char')
+    before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
+    if damage == 'odd_bytes':
+        with open(os.path.join(data, 'train.bin'), 'ab') as f:
+            f.write(b'\x00')
+    elif damage == 'token_beyond_vocab':
+        with open(os.path.join(data, 'train.bin'), 'r+b') as f:
+            f.seek(100)
+            f.write((999).to_bytes(2, 'little'))
+    elif damage == 'meta_not_json':
+        with open(os.path.join(data, 'meta.json'), 'w') as f:
+            f.write('{"vocab_size": 33, "itos": ["a", ')
+    else:
+        with open(os.path.join(data, 'meta.json'), 'w') as f:
+            json.dump({'vocab_size': 33, 'itos': 'abc'}, f)
+    one_line_error(run(repo, 'train.py', *TINY, '--out_dir=out', '--init_from=resume', '--max_iters=12',
+                       check=False), expected)
+    if damage.startswith('meta'):
+        one_line_error(run(repo, 'sample.py', '--out_dir=out', '--max_new_tokens=3', check=False), expected)
+    assert digest(os.path.join(repo, 'out', 'ckpt.pt')) == before
+
+
+def _mount_tmpfs(path, size):
+    """A small real filesystem at path (root only); False where mounting is not allowed."""
+    os.makedirs(path, exist_ok=True)
+    try:
+        return subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', path],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_disk_full_during_a_save(trained, tmp_path):
+    """
+    A checkpoint save that runs out of space: one line naming the file and the cause, no temporary
+    file left, the previous checkpoint intact and still resuming. On a real full filesystem (a small
+    tmpfs) where the test may mount one, else under a file-size limit (RLIMIT_FSIZE), which fails
+    the same writes with EFBIG instead of ENOSPC.
+    """
+    import resource
+    import shutil
+    import signal
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    out = os.path.join(repo, 'full')
+    mounted = _mount_tmpfs(out, '4m')
+    try:
+        shutil.copytree(os.path.join(repo, 'out'), out, dirs_exist_ok=True)
+        before = {f: digest(os.path.join(out, f)) for f in os.listdir(out) if f != 'metrics.jsonl'}
+        ckpt_size = os.path.getsize(os.path.join(out, 'ckpt.pt'))
+        limit = None
+        if mounted:  # leave less room than the new optimizer file needs
+            free = shutil.disk_usage(out).free
+            with open(os.path.join(out, 'filler'), 'wb') as f:
+                f.write(b'\0' * (free - ckpt_size))
+            before['filler'] = digest(os.path.join(out, 'filler'))
+        else:
+            limit = ckpt_size  # the optimizer file is ~2x the checkpoint
+
+        def limit_file_size():
+            if limit:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write (EFBIG) instead of killing
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        p = subprocess.run([sys.executable, 'train.py', *TINY, '--out_dir=full', '--init_from=resume',
+                            '--max_iters=12', '--eval_interval=1'], cwd=repo, capture_output=True, text=True,
+                           preexec_fn=limit_file_size, timeout=240)
+        cause = 'no space left on device' if mounted else 'file too large'
+        # the resumed run saves again at its first evaluation, iter 10, and cannot
+        one_line_error(p, f"error: {cause} writing full/optimizer-00000010.pt; the previous checkpoint is untouched")
+        assert {f: digest(os.path.join(out, f)) for f in os.listdir(out) if f != 'metrics.jsonl'} == before
+        if mounted:
+            os.remove(os.path.join(out, 'filler'))
+        resumed = run(repo, 'train.py', *TINY, '--out_dir=full', '--init_from=resume', '--max_iters=11').stdout
+        assert sorted(iter_losses(resumed)) == [10, 11]
+    finally:
+        if mounted:
+            subprocess.run(['umount', out])
+
+
+def _start(repo, *args):
+    return subprocess.Popen([sys.executable, 'train.py', *TINY, *args], cwd=repo, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(path, timeout=60):
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_ends_with_one_line(repo):
+    import signal
+    p = _start(repo, '--max_iters=1000000', '--eval_interval=5', '--out_dir=out')
+    _wait_for(os.path.join(repo, 'out', 'ckpt.pt'))
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    err = stderr.strip()
+    assert NO_TRACEBACK not in err and '\n' not in err, err
+    m = re.fullmatch(r"interrupted at iter (\d+): the last checkpoint is out/ckpt.pt \(iter (\d+); continue with "
+                     r"--init_from=resume\)", err)
+    assert m and int(m.group(2)) <= int(m.group(1)), err
+    ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
+    assert ckpt['iter_num'] == int(m.group(2))
+    assert sorted(os.listdir(os.path.join(repo, 'out'))) == \
+        ['ckpt.pt', 'metrics.jsonl', f"optimizer-{ckpt['iter_num']:08d}.pt"]  # no temporary file, no lock
+    run(repo, 'train.py', *TINY, '--out_dir=out', '--init_from=resume', f"--max_iters={ckpt['iter_num'] + 1}")
+
+
+def test_one_run_per_out_dir(repo):
+    """A second run on a busy out_dir refuses, naming the first; a run killed with -9 blocks nothing."""
+    first = _start(repo, '--max_iters=1000000', '--eval_interval=5', '--out_dir=out')
+    try:
+        _wait_for(os.path.join(repo, 'out', 'ckpt.pt'))
+        with open(os.path.join(repo, 'out', 'lock')) as f:
+            assert f.read().strip() == str(first.pid)
+        for init in ('resume', 'scratch'):
+            one_line_error(run(repo, 'train.py', *TINY, '--out_dir=out', f'--init_from={init}', check=False),
+                           f"out is in use by another training run (PID {first.pid})")
+    finally:
+        first.kill()
+        first.communicate()
+    assert os.path.exists(os.path.join(repo, 'out', 'lock'))  # left behind by kill -9, but no longer locked
+    ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
+    out = run(repo, 'train.py', *TINY, '--out_dir=out', '--init_from=resume', f"--max_iters={ckpt['iter_num'] + 1}")
+    assert sorted(iter_losses(out.stdout)) == [ckpt['iter_num'], ckpt['iter_num'] + 1]
+    assert not os.path.exists(os.path.join(repo, 'out', 'lock'))
+
+
+def test_scratch_over_a_checkpoint_says_so(trained, tmp_path):
+    import shutil
+    repo = str(tmp_path / 'r')
+    shutil.copytree(trained, repo)
+    before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
+    p = run(repo, 'train.py', *TINY, '--out_dir=out', '--max_iters=0', '--eval_interval=5')
+    assert p.stderr.strip() == ("warning: out/ckpt.pt exists and this run starts from scratch: its first checkpoint "
+                                "will replace that one (--init_from=resume continues it instead)")
+    assert sorted(iter_losses(p.stdout)) == [0]  # max_iters=0: the one iteration 0, nothing saved
+    assert digest(os.path.join(repo, 'out', 'ckpt.pt')) == before

@@ -31,7 +31,7 @@ def test_optimizer_state_is_kept_apart(trained):
     out = os.path.join(trained, 'out')
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     weights = sum(v.numel() * v.element_size() for k, v in ckpt['model'].items() if k != 'lm_head.weight')
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'optimizer-00000010.pt']
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'metrics.jsonl', 'optimizer-00000010.pt']
     assert ckpt['optimizer_file'] == 'optimizer-00000010.pt'
     assert os.path.getsize(os.path.join(out, 'ckpt.pt')) < 1.3 * weights
     assert os.path.getsize(os.path.join(out, 'optimizer-00000010.pt')) > 1.8 * weights
