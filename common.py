@@ -1,6 +1,7 @@
 """
-What train.py, sample.py and bench.py share, written once: one-line errors, the choice of
-device, dtype, autocast and compile, checkpoints, datasets, batches and tokenizers.
+What train.py, sample.py and bench.py share, written once: the choice of device, dtype, autocast
+and compile, checkpoints, a run's out_dir, datasets, batches and tokenizers (what needs no torch,
+such as one-line errors, is in util.py).
 """
 
 import json
@@ -14,12 +15,7 @@ import numpy as np
 import torch
 
 from model import GPT, GPTConfig
-
-
-def die(msg):
-    """Bad input: one line on stderr and a non-zero exit, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
+from util import die, gpt2_encoding
 
 
 # -----------------------------------------------------------------------------
@@ -312,20 +308,28 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state):
     that sample.py and export.py read); the optimizer state, twice that size, goes to
     out_dir/optimizer-<iter>.pt, which ckpt.pt names. The optimizer file is written first and the
     previous one removed last, so a kill at any moment leaves a ckpt.pt whose optimizer file exists.
-    If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays.
+    If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays. A Ctrl-C
+    meanwhile (exit_on_interrupt) takes effect once the save is complete.
     """
+    global _saving
     name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
     existed = os.path.exists(os.path.join(out_dir, name))  # a resumed run saving its first iteration again
-    _atomic_save(optimizer_state, os.path.join(out_dir, name))
+    _saving = True
     try:
-        _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
-    except BaseException:
-        if not existed:
-            os.remove(os.path.join(out_dir, name))
-        raise
-    for f in os.listdir(out_dir):
-        if f.startswith('optimizer-') and f != name:
-            os.remove(os.path.join(out_dir, f))
+        _atomic_save(optimizer_state, os.path.join(out_dir, name))
+        try:
+            _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+        except BaseException:
+            if not existed:
+                os.remove(os.path.join(out_dir, name))
+            raise
+        for f in os.listdir(out_dir):
+            if f.startswith('optimizer-') and f != name:
+                os.remove(os.path.join(out_dir, f))
+    finally:
+        _saving = False
+    if _stop is not None:
+        _stop()
 
 
 def _load(path, trust):
@@ -448,17 +452,28 @@ def exit_on_interrupt(where=None):
     """
     Ctrl-C (SIGINT) ends the script with one line on stderr, 'interrupted ' + where() (nothing where
     where is None: the other DDP ranks), and exit status 130, instead of a KeyboardInterrupt traceback.
-    It raises SystemExit, so a checkpoint being written is abandoned cleanly (its temporary file
-    removed) and the previous one stays.
+    It raises SystemExit, at once, or once the checkpoint being written is complete: stopping a
+    torch.save midway leaves its writer in a state that fails again on the way out.
     """
     import signal
 
-    def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
+    def stop():
         if where is not None:
             print(f"\ninterrupted {where()}", file=sys.stderr, flush=True)
         raise SystemExit(130)
+
+    def handler(signum, frame):
+        global _stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
+        if _saving:
+            _stop = stop  # save_checkpoint calls it when the files are in place
+        else:
+            stop()
     signal.signal(signal.SIGINT, handler)
+
+
+_saving = False  # save_checkpoint is writing files
+_stop = None  # a Ctrl-C that came while it was
 
 
 class MetricsLog:
@@ -593,29 +608,6 @@ def load_meta(data_dir):
         except Exception as e:
             die(f"cannot read {path}: {e}")
     return None
-
-
-def download(url, path):
-    """Fetch url to path (written whole or not at all), or exit with one line saying where to put the file."""
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r:
-            data = r.read()
-    except OSError as e:
-        die(f"could not download {url} ({e}); put the file at {path} and run this again")
-    with open(path + '.tmp', 'wb') as f:
-        f.write(data)
-    os.replace(path + '.tmp', path)
-
-
-def gpt2_encoding():
-    """GPT-2's BPE: tiktoken's r50k_base, the same ranks and pattern (<|endoftext|> = 50256)."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding('r50k_base')
-    except Exception as e:
-        die(f"cannot load the GPT-2 tokenizer (tiktoken r50k_base: no network and no "
-            f"TIKTOKEN_CACHE_DIR cache?): {type(e).__name__}")
 
 
 def get_tokenizer(meta):

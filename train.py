@@ -324,10 +324,10 @@ while True:
                 if wandb_run_id:
                     checkpoint['wandb_run_id'] = wandb_run_id
                 print(f"saving checkpoint to {out_dir}")
+                saved_iter = iter_num  # already: a Ctrl-C during the save takes effect once it is complete
                 save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
                                                       'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
-                saved_iter = iter_num
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:
         raw_model.eval()
@@ -391,8 +391,9 @@ while True:
             mfu_str = f"{running_mfu * 100:.2f}%" if peak else "n/a"  # unknown device: set peak_flops
             # progress, and the time left at this process's pace so far (evaluations included)
             left = (t1 - t_start) / (local_iter_num + 1) * (max_iters - iter_num)
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, "
-                  f"{100 * iter_num / max(max_iters, 1):.1f}%, {format_duration(left)} left")
+            done = int(1000 * iter_num / max(max_iters, 1)) / 10  # rounded down: 100% only at the end
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, {done:.1f}%, "
+                  f"{format_duration(left)} left")
             metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr)
     iter_num += 1
     local_iter_num += 1

@@ -13,6 +13,9 @@ from conftest import TEXT, run
 
 def test_prepare_char_dataset(repo):
     data = os.path.join(repo, 'data', 'tiny_char')
+    # a prepare script needs no torch: it starts in a fraction of the time
+    probe = "import runpy, sys; runpy.run_path('data/tiny_char/prepare.py'); assert 'torch' not in sys.modules"
+    assert 'vocab size' in run(repo, '-c', probe).stdout
     with open(os.path.join(data, 'meta.json')) as f:
         meta = json.load(f)
     itos = meta['itos']

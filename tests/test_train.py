@@ -3,6 +3,7 @@ End to end, as a user runs it: train.py writes a checkpoint, init_from=resume co
 (bit for bit), sample.py prints text from it, and checkpoints written by nanoGPT (with
 '_orig_mod.' prefixes) still resume and sample. Run: python -m pytest tests/test_train.py
 """
+import json
 import os
 import re
 
@@ -11,6 +12,12 @@ import torch
 from conftest import TINY, run
 
 MODEL_ARGS = {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
+
+
+def records(path):
+    """The entries of a metrics.jsonl."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
 
 
 def iter_losses(stdout):
@@ -45,7 +52,10 @@ def test_training_lowers_the_loss(repo):
 
 
 def test_resume_is_exact(repo):
-    """Stopped at 10 and resumed to 15 equals 15 in one go: same losses, same weights."""
+    """
+    Stopped at 10 and resumed to 15 equals 15 in one go: same losses, same weights, and the same
+    out_dir/metrics.jsonl (each iteration once: the resumed run drops what it redoes).
+    """
     common = [*TINY, '--eval_interval=5', '--dropout=0.1']
     straight = run(repo, 'train.py', *common, '--max_iters=15', '--out_dir=straight').stdout
     run(repo, 'train.py', *common, '--max_iters=10', '--out_dir=stopped')
@@ -57,6 +67,12 @@ def test_resume_is_exact(repo):
     wb = torch.load(os.path.join(repo, 'stopped', 'ckpt.pt'), weights_only=True)
     assert wa['iter_num'] == wb['iter_num'] == 15
     assert all(torch.equal(wa['model'][k], wb['model'][k]) for k in wa['model'])
+    ma, mb = (records(os.path.join(repo, d, 'metrics.jsonl')) for d in ('straight', 'stopped'))
+    assert {r['iter']: round(r['loss'], 4) for r in ma if 'loss' in r} == a  # every printed line, as printed
+    evals = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', straight, re.M)
+    assert [(r['iter'], round(r['val_loss'], 4)) for r in ma if 'val_loss' in r] == [(int(i), float(v)) for i, v in evals]
+    untimed = lambda rs: [{k: v for k, v in r.items() if k not in ('time_ms', 'mfu')} for r in rs]
+    assert untimed(mb) == untimed(ma) and [r['iter'] for r in mb if 'loss' in r] == list(range(16))
 
 
 def test_sample_prints_text(trained):

@@ -7,8 +7,8 @@ import os
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for common.py
-from common import download  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
+from util import download  # noqa: E402
 
 path = os.path.join(here, 'lambada_test.jsonl')
 if not os.path.exists(path):

@@ -16,8 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for common.py
-from common import die, gpt2_encoding  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
+from util import die, gpt2_encoding  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 parser.add_argument('--dataset', default='Skylion007/openwebtext', help='Hugging Face Hub dataset id')

@@ -9,8 +9,8 @@ import time
 import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for common.py
-from common import download, gpt2_encoding  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
+from util import download, gpt2_encoding  # noqa: E402
 
 input_file_path = os.path.join(here, 'input.txt')
 if not os.path.exists(input_file_path):
