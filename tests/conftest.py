@@ -72,9 +72,9 @@ def repo(tmp_path):
     return make_repo(tmp_path)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def trained(tmp_path_factory):
-    """A repo copy holding a checkpoint trained for 10 iterations in out/ (shared per module: read only)."""
+    """A repo copy holding a checkpoint trained for 10 iterations in out/ (shared by all tests: read only)."""
     path = make_repo(tmp_path_factory.mktemp('trained'))
     run(path, 'train.py', *TINY, '--max_iters=10', '--eval_interval=5', '--out_dir=out')
     return path

@@ -68,7 +68,10 @@ def test_kill_9_never_leaves_a_broken_checkpoint(repo):
         p.kill()
         p.wait()
         killed_mid_write += bool(glob.glob(os.path.join(out, '*.tmp')))
-        run(repo, 'sample.py', '--out_dir=out', '--num_samples=1', '--max_new_tokens=5', '--device=cpu')
+        # what sample.py and a resume read: a whole checkpoint whose optimizer file exists
+        ckpt = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))
+        common.model_from_checkpoint(ckpt)
+        assert common.load_optimizer_state(out, ckpt)['optimizer']['state']
     assert killed_mid_write >= 1  # at least one kill really landed inside a checkpoint write
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     out_text = run(repo, 'train.py', *args, '--init_from=resume', f'--max_iters={ckpt["iter_num"] + 2}').stdout
