@@ -16,29 +16,15 @@ Where this model differs from GPT-2 (each is a GPTConfig switch):
   from GPT-2 weights use 'gelu_tanh', so their logits equal Hugging Face's.
 - vocab_size may be padded (50304 instead of 50257) for faster matmuls.
 Linear weights are stored (out, in) as in torch; GPT-2 checkpoints store them (in, out)
-(its "Conv1D"), so loading and exporting transposes those four matrices per block.
+(its "Conv1D"), so loading and exporting (hf_gpt2.py) transposes those four matrices per block.
 """
 
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (nn.LayerNorm had no bias=False until torch 2.1)."""
-
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
 class KVCache:
@@ -149,9 +135,9 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx=0):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
@@ -198,7 +184,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output projection is the token embedding (GPT-2 does this)
@@ -263,92 +249,16 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    # Hugging Face GPT-2 stores these as Conv1D (in, out); nn.Linear keeps (out, in).
-    _conv1d = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """
-        GPT-2 weights from a local Hugging Face directory (config.json and model.safetensors
-        or pytorch_model.bin) or one of the names gpt2, gpt2-medium, gpt2-large, gpt2-xl
-        (fetched through the Hugging Face Hub cache). The shape comes from config.json; only
-        dropout may be overridden. The tensors are read directly and adopted by a model built
-        on the meta device, so loading holds about one copy of the weights in memory.
-        """
-        override_args = override_args or {}
-        assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
-        path = name_or_dir if os.path.isdir(name_or_dir) else _hub_snapshot(name_or_dir)
-        with open(os.path.join(path, 'config.json')) as f:
-            hf = json.load(f)
-        act = hf.get('activation_function', 'gelu_new')
-        if act not in ('gelu_new', 'gelu_pytorch_tanh', 'gelu'):
-            raise ValueError(f"{path}: activation_function {act!r} is not supported")
-        config = GPTConfig(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
-                           block_size=hf['n_positions'], vocab_size=hf['vocab_size'], bias=True,
-                           dropout=override_args.get('dropout', 0.0),
-                           activation='gelu' if act == 'gelu' else 'gelu_tanh')
-
-        sd = {}
-        for k, v in _read_weights(path, transpose=lambda k: k.endswith(cls._conv1d)):
-            k = k.removeprefix('transformer.')
-            if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
-                continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
-            sd['transformer.' + k] = v
-        with torch.device('meta'):
-            model = cls(config)
-        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-        missing = [k for k in missing if k != 'lm_head.weight']
-        if missing or unexpected:
-            raise ValueError(f"{path}: weights do not match a GPT-2 of this config "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
-        return model
+        """GPT-2 by name (gpt2 ... gpt2-xl) or from a local Hugging Face directory: see hf_gpt2.py."""
+        import hf_gpt2
+        return hf_gpt2.from_pretrained(name_or_dir, override_args)
 
     def save_pretrained(self, directory, vocab_size=None):
-        """
-        Write the model as a Hugging Face GPT-2 directory (config.json, model.safetensors) that
-        transformers' GPT2LMHeadModel.from_pretrained loads, with the same logits. A vocabulary
-        padded for speed (50304) is cut back to GPT-2's 50257 (or to vocab_size); a model without
-        biases gets zero biases, which compute the same thing.
-        """
-        cfg = self.config
-        if cfg.activation not in ('gelu', 'gelu_tanh'):
-            raise ValueError(f"Hugging Face GPT-2 cannot represent activation={cfg.activation!r}")
-        vocab = vocab_size or (50257 if cfg.vocab_size == 50304 else cfg.vocab_size)
-        if vocab > cfg.vocab_size:
-            raise ValueError(f"vocab_size {vocab} is larger than the model's {cfg.vocab_size}")
-        sd = {}
-        for k, v in self.state_dict().items():
-            if k == 'lm_head.weight':
-                continue  # tied to wte
-            if k.endswith(self._conv1d):
-                v = v.t()
-            sd[k] = (v[:vocab] if k == 'transformer.wte.weight' else v).detach().cpu().contiguous()
-        if not cfg.bias:
-            C = cfg.n_embd
-            widths = {'ln_1': C, 'ln_2': C, 'attn.c_attn': 3 * C, 'attn.c_proj': C, 'mlp.c_fc': 4 * C, 'mlp.c_proj': C}
-            for i in range(cfg.n_layer):
-                for name, width in widths.items():
-                    sd[f'transformer.h.{i}.{name}.bias'] = torch.zeros(width)
-            sd['transformer.ln_f.bias'] = torch.zeros(C)
-        hf = dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', vocab_size=vocab,
-                  n_positions=cfg.block_size, n_ctx=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                  n_head=cfg.n_head, n_inner=None, layer_norm_epsilon=1e-5, initializer_range=0.02,
-                  activation_function='gelu_new' if cfg.activation == 'gelu_tanh' else 'gelu',
-                  resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                  scale_attn_weights=True, tie_word_embeddings=True, use_cache=True)
-        eot = 50256 if vocab > 50256 else None  # GPT-2's <|endoftext|>, if the vocabulary has it
-        hf.update(bos_token_id=eot, eos_token_id=eot)
-        from safetensors.torch import save_file
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, 'config.json'), 'w') as f:
-            json.dump(hf, f, indent=2)
-        path = os.path.join(directory, 'model.safetensors')
-        save_file(sd, path + '.tmp', metadata={'format': 'pt'})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(path + '.tmp', 0o666 & ~umask)  # safetensors writes 0600; ckpt.pt and config.json follow the umask
-        os.replace(path + '.tmp', path)
+        """This model as a Hugging Face GPT-2 directory that transformers loads: see hf_gpt2.py."""
+        import hf_gpt2
+        hf_gpt2.save_pretrained(self, directory, vocab_size)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""
@@ -443,56 +353,3 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generators=None
         u = torch.cat([torch.rand(1, 1, device=logits.device, generator=g) for g in generators])
     # right=True: the first entry whose cdf exceeds u * total, never a token of probability 0
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.size(-1) - 1)  # (B, 1)
-
-
-def _hub_snapshot(name):
-    """Download (or find in the Hub cache) the files of one of OpenAI's four GPT-2s."""
-    if name not in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'):
-        raise ValueError(f"{name!r} is neither a directory nor one of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
-    from huggingface_hub import snapshot_download
-    try:
-        return snapshot_download(f'openai-community/{name}', allow_patterns=['config.json', 'model.safetensors'])
-    except Exception as e:
-        raise ValueError(f"could not fetch {name} weights from the Hugging Face Hub "
-                         f"(no network, and not in the cache?): {type(e).__name__}") from None
-
-
-_SAFETENSORS_DTYPES = {'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16, 'F64': torch.float64,
-                       'I64': torch.int64, 'I32': torch.int32, 'U8': torch.uint8, 'BOOL': torch.bool}
-
-
-def _read_weights(path, transpose=lambda name: False):
-    """
-    (name, float32 tensor) pairs of a Hugging Face checkpoint directory, one at a time, with the
-    tensors named by transpose transposed. A .safetensors file is an 8-byte header length, a JSON
-    header (name -> dtype, shape, byte range) and the raw bytes: reading them straight into each
-    tensor's own memory, and transposing through a small buffer, keeps the process at about one
-    copy of the weights (a memory map and whole-matrix transposes each cost another).
-    """
-    st = os.path.join(path, 'model.safetensors')
-    if not os.path.exists(st):
-        sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True, mmap=True)
-        for k, v in sd.items():
-            v = v.t().contiguous() if transpose(k) else v
-            yield k, v.float() if v.is_floating_point() else v
-        return
-    with open(st, 'rb') as f:
-        n = int.from_bytes(f.read(8), 'little')
-        header = json.loads(f.read(n))
-        header.pop('__metadata__', None)
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]['data_offsets'][0]):
-            dtype, shape = _SAFETENSORS_DTYPES[info['dtype']], info['shape']
-            f.seek(8 + n + info['data_offsets'][0])
-            if transpose(name):  # (in, out) on disk -> (out, in), a block of rows at a time
-                t = torch.empty(shape[::-1], dtype=torch.float32)
-                rows = max(1, 2**20 // shape[1])
-                for r in range(0, shape[0], rows):
-                    block = torch.empty(min(rows, shape[0] - r), shape[1], dtype=dtype)
-                    f.readinto(memoryview(block.view(-1).view(torch.uint8).numpy()))
-                    t[:, r:r + len(block)] = block.t()
-            else:
-                t = torch.empty(shape, dtype=dtype)
-                if t.numel():
-                    f.readinto(memoryview(t.view(-1).view(torch.uint8).numpy()))
-                t = t.float() if t.is_floating_point() else t
-            yield name, t

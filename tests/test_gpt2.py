@@ -95,6 +95,40 @@ def test_loading_holds_one_copy(tmp_path):
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
+PEAK_ANON = """
+import sys, threading, time
+import torch, hf_gpt2
+
+def anon():  # memory that is the process's own: a memory-mapped file (page cache) is not in it
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith('RssAnon:'))
+
+base, peak, done = anon(), [0], []
+def sample():
+    while not done:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.0005)
+thread = threading.Thread(target=sample)
+thread.start()
+model = hf_gpt2.from_pretrained(sys.argv[1])
+done.append(1)
+thread.join()
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+print(weights, peak[0] - base)
+"""
+
+
+def test_loading_peak_memory_is_one_copy_of_the_weights(tmp_path):
+    """
+    Loading needs one copy of the weights in the process's own memory (RssAnon, sampled while it
+    loads), not two: a reader that built the tensors and then copied or transposed them whole
+    would reach twice the weights. 85M parameters (340 MB) make a copy stand well above the noise.
+    """
+    hf_model(tmp_path, n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=1000)
+    weights, peak = map(int, run(REPO, '-c', PEAK_ANON, str(tmp_path)).stdout.split())
+    assert weights > 300e6 and peak < 1.5 * weights, (weights, peak)
+
+
 def test_sample_from_local_directory(tmp_path):
     hf_model(tmp_path / 'tiny-gpt2', **SHAPES['gpt2-vocab'])
     out = run(REPO, 'sample.py', f'--init_from={tmp_path / "tiny-gpt2"}', '--start=Hello, my name is',
