@@ -187,7 +187,6 @@ class PackedLinear(torch.nn.Module):
 
     def __init__(self, linear, batch_size):
         super().__init__()
-        self.out_features = linear.out_features
         self.register_buffer('weight', torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_size))
         self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
 
@@ -545,16 +544,22 @@ def open_split(data_dir, split, block_size):
     return data
 
 
+def _check_ids(ids, vocab_size, path):
+    """Every id in ids is below vocab_size, or one line naming the file they came from."""
+    top = int(ids.max())
+    if top >= vocab_size:
+        die(f"{path} holds token id {top}, beyond the vocabulary ({vocab_size} tokens): "
+            f"was it prepared for another dataset or tokenizer?")
+
+
 def check_token_ids(data, vocab_size, path):
     """
     Every token id of a file up to 2^28 tokens (512 MB, read in full) is below vocab_size, or one
     line; the ids of larger files are checked batch by batch instead (get_batch with vocab_size).
     """
     if len(data) <= 2**28:
-        top = max(int(data[i:i + 2**24].max()) for i in range(0, len(data), 2**24))
-        if top >= vocab_size:
-            die(f"{path} holds token id {top}, beyond the vocabulary ({vocab_size} tokens): "
-                f"was it prepared for another dataset or tokenizer?")
+        for i in range(0, len(data), 2**24):
+            _check_ids(data[i:i + 2**24], vocab_size, path)
 
 
 def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
@@ -565,9 +570,8 @@ def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     """
     ix = np.random.default_rng(seed).integers(len(data) - block_size, size=batch_size)
     rows = data[ix[:, None] + np.arange(block_size + 1)]  # (B, T+1)
-    if vocab_size and rows.max() >= vocab_size:
-        die(f"{getattr(data, 'filename', 'the data')} holds token id {rows.max()}, beyond the vocabulary "
-            f"({vocab_size} tokens): was it prepared for another dataset or tokenizer?")
+    if vocab_size:
+        _check_ids(rows, vocab_size, getattr(data, 'filename', 'the data'))
     buf = torch.from_numpy(rows.astype(np.int64))
     if device.startswith('cuda'):
         buf = buf.pin_memory().to(device, non_blocking=True)

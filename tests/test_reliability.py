@@ -190,7 +190,9 @@ def one_line_error(p, expected):
 ])
 def test_train_bad_input(trained, args, expected):
     # TINY's settings come first, the bad one last; the checkpoint in out/ has n_layer=2, block_size=16
+    before = digest(os.path.join(trained, 'out', 'ckpt.pt'))
     one_line_error(run(trained, 'train.py', *TINY, '--out_dir=out', *args, check=False), expected)
+    assert digest(os.path.join(trained, 'out', 'ckpt.pt')) == before
 
 
 def test_missing_bin_file(repo):
