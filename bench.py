@@ -12,12 +12,14 @@ import time
 
 import torch
 
-from common import (die, for_inference, get_batch, load_meta, maybe_compile, measured_matmul_flops,
-                    onednn_float32_matmuls, peak_flops as find_peak_flops, setup_device, train_settings)
+from common import (fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
+                    peak_flops as find_peak_flops, script_settings, setup_device)
+from dataloader import get_batch, load_meta
 from model import GPT, GPTConfig
+from util import die
 
 # -----------------------------------------------------------------------------
-exec(train_settings())  # train.py's settings and defaults, then bench's own:
+globals().update(script_settings('train.py'))  # train.py's settings and defaults, then bench's own:
 gradient_accumulation_steps = 1  # one micro-batch per step unless a config file asks for more
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
@@ -40,13 +42,12 @@ if n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
-device_type = device.split(':')[0]
 
 
 def sync():
-    if device_type == 'cuda':
+    if device.type == 'cuda':
         torch.cuda.synchronize()
-    elif device_type == 'mps':
+    elif device.type == 'mps':
         torch.mps.synchronize()
 
 
@@ -93,11 +94,11 @@ if mode == 'generate':
                              ('ours, no cache', lambda n: ours(x, n, False)),
                              ('transformers generate', lambda n: transformers(x, n))):
                 fn(4)  # warm-up
-                if device_type == 'cuda':
+                if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats()
                 tps, first = fn(max_new_tokens)
                 # peak memory: the device's allocator on CUDA, else the process's peak RSS so far
-                mem = (torch.cuda.max_memory_allocated() if device_type == 'cuda' else
+                mem = (torch.cuda.max_memory_allocated() if device.type == 'cuda' else
                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
                 results[name] = tps
                 print(f"{B:>5} {name:<22} {tps:>9.1f} {first * 1000:>10.1f}ms {mem:>7.0f}MB", flush=True)
@@ -122,15 +123,15 @@ else:
     # model init
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                           dropout=dropout, bias=bias, activation=activation)).to(device)
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+    onednn = fast_cpu_matmuls(model, device, dtype)  # as train.py does
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
     raw_model = model
     model = maybe_compile(model, compile, device)
     peak = find_peak_flops(device, dtype, peak_flops)
     peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
-    if peak is None and device_type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
+    if peak is None and device.type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
         peak, peak_source = measured_matmul_flops(device, dtype), f'measured: a 2048^3 {dtype} matmul'
-    onednn = (device, dtype) == ('cpu', 'float32') and onednn_float32_matmuls()  # what setup_device chose
     print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
           f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
           f"{', float32 matmuls on oneDNN' if onednn else ''}")
@@ -146,12 +147,7 @@ else:
                 loss = loss / gradient_accumulation_steps
             scaler.scale(loss).backward()
             loss_accum += loss.detach()
-        if grad_clip != 0.0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scaler, grad_clip)
         return loss_accum
 
 
@@ -161,7 +157,7 @@ else:
         # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
         wait, warmup, active = 5, 5, 5
         activities = [torch.profiler.ProfilerActivity.CPU]
-        if device_type == 'cuda':
+        if device.type == 'cuda':
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(
             activities=activities,
@@ -173,7 +169,7 @@ else:
                 lossf = train_step(k).item()
                 print(f"{k}/{wait + warmup + active} loss: {lossf:.4f}")
                 prof.step()  # notify the profiler at end of each step
-        sort_by = 'self_cuda_time_total' if device_type == 'cuda' else 'self_cpu_time_total'
+        sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
         print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
         print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
     else:

@@ -10,10 +10,11 @@ import json
 import os
 import time
 
-import torch.distributed as dist
-
 import tasks
-from common import die, end_ddp, get_tokenizer, load_model, setup_device
+from checkpoints import load_model
+from common import ddp_ranks, end_ddp, fast_cpu_matmuls, setup_device, start_ddp
+from dataloader import get_tokenizer
+from util import die
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -42,16 +43,16 @@ path = data_file or tasks.default_file(task)
 if not os.path.isfile(path):
     die(f"no {path}: download it with python data/{task}/prepare.py, or point --data_file at a local copy")
 
-ddp = int(os.environ.get('RANK', -1)) != -1
-rank, world_size = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-device, dtype, ctx = setup_device(device, dtype, int(os.environ.get('LOCAL_RANK', 0)))
+ddp, rank, local_rank, world_size = ddp_ranks()
+device, dtype, ctx = setup_device(device, dtype, local_rank)
 if ddp:
-    dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    start_ddp(device)
 
 model, meta = load_model(init_from, out_dir, trust_checkpoint)
 if meta is not None:
     die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
 model.to(device)
+fast_cpu_matmuls(model, device, dtype)
 encode, _ = get_tokenizer(None)
 
 try:

@@ -7,7 +7,8 @@ A character-level model keeps its own vocabulary (data/<dataset>/meta.json), not
 """
 import os
 
-from common import die, load_checkpoint, model_from_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint
+from util import die
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt

@@ -53,20 +53,6 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
 
 
-def _flash_is_slow(q, k):
-    """
-    Whether to spell attention out instead of calling scaled_dot_product_attention: on CPU in float32,
-    for up to 128 keys, once float32 matmuls go to oneDNN (common.onednn_float32_matmuls turns that on
-    for AMD CPUs). CPU flash attention runs each tile through PyTorch's gemm, and on oneDNN every call
-    pays a setup cost that small tiles cannot hide: for the CPU recipe's shapes (64 keys) flash gets 6x
-    slower there, while the spelled-out version runs as fast as flash on MKL. From ~256 keys on, flash
-    on oneDNN is as fast or faster, and it spares the (T, T) attention matrices' memory.
-    """
-    matmul = getattr(torch.backends.mkldnn, 'matmul', None)  # torch >= 2.9
-    return (q.device.type == 'cpu' and q.dtype == torch.float32 and k.size(-2) <= 128
-            and getattr(matmul, 'fp32_precision', '') == 'bf16')
-
-
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config, layer_idx=0):
@@ -80,6 +66,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.layer_idx = layer_idx  # which of the cache's layers is ours
+        self.spelled_out_keys = 0  # attention over up to this many keys skips SDPA (GPT.spell_out_attention)
 
     def forward(self, x, cache=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
@@ -97,7 +84,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if T > 1:
                     mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
-        if _flash_is_slow(q, k):
+        if k.size(2) <= self.spelled_out_keys:
             # attention spelled out: softmax(q k^T / sqrt(hs) + mask) v, the mask (0 or -inf) added by the matmul
             S = k.size(2)
             if is_causal:
@@ -196,6 +183,15 @@ class GPT(nn.Module):
             if pn.endswith('c_proj.weight'):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    def spell_out_attention(self, max_keys):
+        """
+        Compute attention over up to max_keys keys as two plain matmuls instead of calling
+        scaled_dot_product_attention (0: never). The same numbers; which is faster depends on the
+        device's matmul library, so the caller decides (common.fast_cpu_matmuls).
+        """
+        for block in self.transformer.h:
+            block.attn.spelled_out_keys = max_keys
+
     def get_num_params(self, non_embedding=True):
         """
         Number of parameters. The non-embedding count (default) leaves out the position
@@ -260,7 +256,7 @@ class GPT(nn.Module):
         import hf_gpt2
         hf_gpt2.save_pretrained(self, directory, vocab_size)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
         """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""
         params = [p for p in self.parameters() if p.requires_grad]
         optim_groups = [

@@ -10,7 +10,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-from common import die, exit_on_interrupt, for_inference, get_tokenizer, load_model, maybe_compile, setup_device
+from checkpoints import exit_on_interrupt, load_model
+from common import for_inference, maybe_compile, setup_device
+from dataloader import get_tokenizer
+from util import die
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory

@@ -27,10 +27,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from common import (MetricsLog, check_token_ids, die, end_ddp, exit_on_interrupt, format_duration, get_batch,
-                    get_tokenizer, load_checkpoint, load_meta, load_optimizer_state, lock_out_dir, maybe_compile,
-                    model_from_checkpoint, open_split, peak_flops as find_peak_flops, save_checkpoint, setup_device)
+from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, load_optimizer_state, lock_out_dir,
+                         model_from_checkpoint, save_checkpoint)
+from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe_compile, optimizer_step,
+                    peak_flops as find_peak_flops, setup_device, start_ddp)
+from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
 from model import GPT, GPTConfig
+from util import die
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText
@@ -107,12 +110,8 @@ if decay_lr and lr_decay_iters <= warmup_iters:
     die(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters}), or set decay_lr=False")
 
 # various inits, derived attributes, I/O setup
-ddp = int(os.environ.get('RANK', -1)) != -1  # is this a ddp run?
-ddp_rank, ddp_local_rank, ddp_world_size = 0, 0, 1
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()  # is this a ddp run, and which process is this?
 if ddp:
-    ddp_rank = int(os.environ['RANK'])
-    ddp_local_rank = int(os.environ['LOCAL_RANK'])
-    ddp_world_size = int(os.environ['WORLD_SIZE'])
     if gradient_accumulation_steps % ddp_world_size:
         die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible "
             f"by the number of processes ({ddp_world_size})")
@@ -120,9 +119,8 @@ if ddp:
     gradient_accumulation_steps //= ddp_world_size
 master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
-device_type = device.split(':')[0]
 if ddp:
-    dist.init_process_group(backend=('nccl' if device_type == 'cuda' else 'gloo') if backend == 'auto' else backend)
+    start_ddp(device, backend)
 tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
 if master_process:
     print(f"device: {device}, dtype: {dtype}")
@@ -133,7 +131,8 @@ if master_process:
             raise PermissionError(out_dir)
     except OSError as e:
         die(f"cannot write to out_dir '{out_dir}': {e}")
-    lock_out_dir(out_dir)  # one run per out_dir: a second one would overwrite this one's checkpoints
+# one run per out_dir: a second one would overwrite this one's checkpoints
+unlock_out_dir = lock_out_dir(out_dir) if master_process else None
 
 # data: memory-mapped once, batches drawn from (seed, iteration, micro-step) alone
 data_dir = os.path.join('data', dataset)
@@ -214,13 +213,14 @@ vocab_size = meta_vocab_size or model.config.vocab_size  # no token id in the da
 for split, data in (('train', train_data), ('val', val_data)):
     check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
 model.to(device)
+fast_cpu_matmuls(model, device, dtype)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
-scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 
 # optimizer
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
 if checkpoint is not None:
     state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint)
     optimizer.load_state_dict(state['optimizer'])
@@ -234,7 +234,7 @@ checkpoint = None  # free up memory
 raw_model = model
 model = maybe_compile(model, compile, device)
 if ddp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device_type == 'cuda' else None)
+    model = DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
 peak = find_peak_flops(device, dtype, peak_flops)
 
 
@@ -363,15 +363,8 @@ while True:
             scaler.scale(loss).backward()
         loss_accum += loss.detach()
     first_bad_iter = torch.where((first_bad_iter < 0) & ~loss_accum.isfinite(), iter_num, first_bad_iter)
-    # clip the gradient
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    # step the optimizer and scaler if training in fp16
-    scaler.step(optimizer)
-    scaler.update()
-    # flush the gradients as soon as we can, no need for this memory anymore
-    optimizer.zero_grad(set_to_none=True)
+    # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients
+    optimizer_step(model, optimizer, scaler, grad_clip)
 
     # timing and logging
     t1 = time.time()
@@ -415,4 +408,4 @@ if master_process and not eval_only:
 if wandb_log and master_process:
     wandb.finish()
 if ddp:
-    end_ddp()
+    end_ddp(before_exit=unlock_out_dir)

@@ -13,7 +13,12 @@ def die(msg):
 
 
 def download(url, path):
-    """Fetch url to path (written whole or not at all), or exit with one line saying where to put the file."""
+    """
+    path, fetched from url first unless it is already there (a copy put there by hand is used as it
+    is), written whole or not at all; or exit with one line saying where to put the file.
+    """
+    if os.path.exists(path):
+        return path
     import urllib.request
     try:
         with urllib.request.urlopen(url, timeout=60) as r:
@@ -23,6 +28,21 @@ def download(url, path):
     with open(path + '.tmp', 'wb') as f:
         f.write(data)
     os.replace(path + '.tmp', path)
+    return path
+
+
+def read_text(url, path):
+    """The text of a corpus file (UTF-8), downloaded to path first if it is not there."""
+    with open(download(url, path), encoding='utf-8') as f:
+        return f.read()
+
+
+def download_jsonl(url, path, field, rows):
+    """An evaluation set of JSON lines, downloaded to path if it is not there, and a line counting it."""
+    import json
+    with open(download(url, path), encoding='utf-8') as f:
+        n = sum(1 for line in f if line.strip() and json.loads(line)[field])
+    print(f"{path}: {n:,} {rows}")
 
 
 def gpt2_encoding():

@@ -1,7 +1,9 @@
 """
-Shared fixtures: a scratch copy of the repository with a tiny character dataset, and a
-helper that runs its scripts the way a user does (python train.py ... from the repo root).
+Shared fixtures and helpers: a scratch copy of the repository with a tiny character dataset
+(repo), one trained on it (trained, read only; trained_copy to change), running its scripts the
+way a user does (python train.py ... from the repo root), and reading what they print and write.
 """
+import hashlib
 import os
 import re
 import shutil
@@ -11,8 +13,8 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'eval.py', 'model.py', 'common.py', 'tasks.py',
-           'configurator.py', 'util.py', 'hf_gpt2.py']
+SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'eval.py', 'model.py', 'hf_gpt2.py', 'common.py',
+           'checkpoints.py', 'dataloader.py', 'tasks.py', 'configurator.py', 'util.py']
 
 # GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
 _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
@@ -44,17 +46,41 @@ def run(cwd, *args, env=None, timeout=240, check=True):
     return p
 
 
+def iter_losses(stdout):
+    """{iteration: loss} of the log lines in a train.py output."""
+    return {int(i): float(l) for i, l in re.findall(r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu ', stdout, re.M)}
+
+
+def one_line_error(p, expected):
+    """A finished process p failed with one line on stderr, 'error: ...' holding expected, and no traceback."""
+    assert p.returncode != 0, p.stdout
+    err = p.stderr.strip()
+    assert 'Traceback' not in err and '\n' not in err, err
+    assert err.startswith('error: ') and expected in err, err
+
+
+def digest(path):
+    """The SHA-256 of a file's bytes: to check that a file was left untouched."""
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def prepare_dataset(path, name, prepare_from):
+    """data/<name> in the repo copy at path: TEXT as its input.txt, prepared by data/<prepare_from>/prepare.py."""
+    data = os.path.join(path, 'data', name)
+    os.makedirs(data)
+    shutil.copy(os.path.join(REPO, 'data', prepare_from, 'prepare.py'), data)
+    with open(os.path.join(data, 'input.txt'), 'w') as f:
+        f.write(TEXT)
+    run(path, os.path.join('data', name, 'prepare.py'))
+
+
 def make_repo(path):
-    """A copy of the scripts and configs in path, with data/tiny_char prepared from TEXT."""
+    """A copy of the scripts and configs in path, with data/tiny_char prepared (characters) from TEXT."""
     for f in SCRIPTS:
         shutil.copy(os.path.join(REPO, f), path)
     shutil.copytree(os.path.join(REPO, 'config'), os.path.join(path, 'config'))
-    data = os.path.join(path, 'data', 'tiny_char')
-    os.makedirs(data)
-    shutil.copy(os.path.join(REPO, 'data', 'shakespeare_char', 'prepare.py'), data)
-    with open(os.path.join(data, 'input.txt'), 'w') as f:
-        f.write(TEXT)
-    run(path, os.path.join('data', 'tiny_char', 'prepare.py'))
+    prepare_dataset(path, 'tiny_char', 'shakespeare_char')
     return str(path)
 
 
@@ -77,4 +103,12 @@ def trained(tmp_path_factory):
     """A repo copy holding a checkpoint trained for 10 iterations in out/ (shared by all tests: read only)."""
     path = make_repo(tmp_path_factory.mktemp('trained'))
     run(path, 'train.py', *TINY, '--max_iters=10', '--eval_interval=5', '--out_dir=out')
+    return path
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A private copy of trained, for a test that damages or changes its files."""
+    path = str(tmp_path / 'trained')
+    shutil.copytree(trained, path)
     return path

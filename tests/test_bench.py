@@ -31,19 +31,20 @@ def test_bench_runs_a_config_file_on_real_data(repo):
     assert re.search(r'MFU: [\d.]+% of 1 TFLOP/s \(configured\)', out), out
 
 
-def test_bench_profiler(repo):
+def test_bench_profiler_prints_a_table_and_writes_a_trace(repo):
     out = run(repo, 'bench.py', *SMALL, '--dataset=none', '--profile=True').stdout
     assert 'Self CPU time total' in out and 'aten::' in out
     assert os.listdir(os.path.join(repo, 'bench_log'))
 
 
 def test_peak_flops_of_known_gpus_by_dtype(monkeypatch):
+    GPU = torch.device('cuda:0')
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 80GB HBM3')
-    assert common.peak_flops('cuda:0', 'bfloat16') == 989e12
-    assert common.peak_flops('cuda:0', 'float32') == 494e12  # TF32
-    assert common.peak_flops('cuda:0', 'bfloat16', configured=5e14) == 5e14
+    assert common.peak_flops(GPU, 'bfloat16') == 989e12
+    assert common.peak_flops(GPU, 'float32') == 494e12  # TF32
+    assert common.peak_flops(GPU, 'bfloat16', configured=5e14) == 5e14
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 PCIe')
-    assert common.peak_flops('cuda:0', 'float16') == 756e12
+    assert common.peak_flops(GPU, 'float16') == 756e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'Some Future GPU')
-    assert common.peak_flops('cuda:0', 'bfloat16') is None
-    assert common.peak_flops('cpu', 'float32') is None  # bench.py measures a CPU instead
+    assert common.peak_flops(GPU, 'bfloat16') is None
+    assert common.peak_flops(torch.device('cpu'), 'float32') is None  # bench.py measures a CPU instead

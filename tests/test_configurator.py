@@ -70,7 +70,7 @@ def test_unknown_key_in_config_file(capsys, tmp_path):
     ('--learning_rate=fast', 'learning_rate expects a float, got fast'),
     ('--decay_lr=yes', 'decay_lr expects True or False, got yes'),
 ])
-def test_wrong_type(capsys, arg, expected):
+def test_wrong_type_is_one_line(capsys, arg, expected):
     assert expected in error_of(capsys, [arg])
 
 

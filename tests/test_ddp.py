@@ -5,11 +5,10 @@ micro-batches are numbered across ranks, so both see the very same batches), and
 DDP run resumes bit for bit. Run: python -m pytest tests/test_ddp.py
 """
 import os
-import re
 
 import torch
 
-from conftest import TINY, run
+from conftest import TINY, iter_losses, run
 
 # summation order differs (two ranks' gradients are all-reduced), so equality is up to
 # float32 rounding: logged losses (printed to 4 decimals) within 2e-4, weights within 1e-5
@@ -20,8 +19,7 @@ def test_two_processes_match_one(repo):
     args = [*TINY, '--gradient_accumulation_steps=4', '--max_iters=8', '--eval_interval=8']
     one = run(repo, 'train.py', *args, '--out_dir=one').stdout
     two = run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, '--out_dir=two').stdout
-    losses = lambda s: [float(x) for x in re.findall(r'^iter \d+: loss ([\d.]+)', s, re.M)]
-    a, b = losses(one), losses(two)
+    a, b = list(iter_losses(one).values()), list(iter_losses(two).values())
     assert len(a) == len(b) == 9
     assert max(abs(x - y) for x, y in zip(a, b)) <= LOSS_TOL, (a, b)
     assert 'tokens per iteration will be: 256' in one and 'tokens per iteration will be: 256' in two
@@ -37,9 +35,8 @@ def test_ddp_resume_is_exact(repo):
     straight = run(repo, *ddp, *args, '--max_iters=8', '--out_dir=a').stdout
     run(repo, *ddp, *args, '--max_iters=4', '--out_dir=b')
     resumed = run(repo, *ddp, *args, '--max_iters=8', '--out_dir=b', '--init_from=resume').stdout
-    losses = lambda s: dict(re.findall(r'^iter (\d+): loss ([\d.]+)', s, re.M))
-    a, b = losses(straight), losses(resumed)
-    assert sorted(b, key=int) == [str(i) for i in range(4, 9)] and all(a[i] == b[i] for i in b)
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert sorted(b) == list(range(4, 9)) and all(a[i] == b[i] for i in b)
     wa = torch.load(os.path.join(repo, 'a', 'ckpt.pt'), weights_only=True)['model']
     wb = torch.load(os.path.join(repo, 'b', 'ckpt.pt'), weights_only=True)['model']
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -16,8 +16,8 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import tasks
-from common import gpt2_encoding
-from conftest import REPO, TEXT, make_repo, run
+from util import gpt2_encoding
+from conftest import REPO, make_repo, prepare_dataset, run
 from model import GPT
 
 HELLASWAG = [
@@ -157,7 +157,7 @@ def test_ddp_counts_add_up(gpt2_dir, fixtures, tmp_path, task):
     assert two[metric] == pytest.approx(one[metric], rel=1e-6)
 
 
-def test_limit_and_missing_data(gpt2_dir, fixtures, tmp_path):
+def test_eval_limit_and_missing_data_file_is_one_line(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', f'--data_file={fixtures / "hellaswag.jsonl"}', '--limit=2',
         f'--out_dir={tmp_path}', '--device=cpu')
     assert json.loads((tmp_path / 'eval_hellaswag.json').read_text())['examples'] == 2
@@ -167,12 +167,7 @@ def test_limit_and_missing_data(gpt2_dir, fixtures, tmp_path):
 
 def test_hellaswag_during_training(gpt2_dir, fixtures, tmp_path):
     repo = make_repo(tmp_path)
-    data = os.path.join(repo, 'data', 'shakespeare')
-    os.makedirs(data)
-    shutil.copy(os.path.join(REPO, 'data', 'shakespeare', 'prepare.py'), data)
-    with open(os.path.join(data, 'input.txt'), 'w') as f:
-        f.write(TEXT)
-    run(repo, 'data/shakespeare/prepare.py')
+    prepare_dataset(repo, 'shakespeare', 'shakespeare')  # GPT-2 BPE
     os.makedirs(os.path.join(repo, 'data', 'hellaswag'))
     shutil.copy(fixtures / 'hellaswag.jsonl', os.path.join(repo, 'data', 'hellaswag', 'hellaswag_val.jsonl'))
     out = run(repo, 'train.py', f'--init_from={gpt2_dir}', '--dataset=shakespeare', '--block_size=32', '--batch_size=2',

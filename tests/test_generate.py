@@ -68,7 +68,7 @@ def test_greedy_equals_transformers(tmp_path):
     assert torch.equal(ours.generate(x, 40, temperature=0, use_cache=False), ref)
 
 
-def test_sampling_controls(model):
+def test_sampling_controls_are_seeded_and_bounded(model):
     x = torch.randint(0, 50, (4, 3))
     greedy = model.generate(x, 20, temperature=0)
     assert torch.equal(model.generate(x, 20, top_k=1, seeds=[1, 2, 3, 4]), greedy)
@@ -95,7 +95,7 @@ def test_batch_equals_one_by_one(model):
         assert torch.equal(batch[i:i + 1], model.generate(x, 25, seeds=[5 + i]))
 
 
-def test_stop_token(model):
+def test_stop_token_ends_each_row_and_the_batch(model):
     x = torch.randint(0, 50, (1, 4))
     free = model.generate(x, 20, temperature=0)
     stop = free[0, 4 + 5].item()  # the sixth new token
@@ -114,7 +114,7 @@ def test_onednn_inference_path_is_exact_enough(model):
     x = torch.randint(0, 50, (2, 16))
     ref, _ = model(x, x)
     greedy = model.generate(x[:, :3], 30, temperature=0)
-    fast = for_inference(model, 'cpu', 'float32')
+    fast = for_inference(model, torch.device('cpu'), 'float32')
     with torch.no_grad():
         assert (fast(x, x)[0] - ref).abs().max().item() < 1e-5
     assert torch.equal(fast.generate(x[:, :3], 30, temperature=0), greedy)
@@ -132,7 +132,7 @@ def test_sample_streams_and_batches(trained):
     assert greedy[0] == greedy[1]
 
 
-def test_bench_generate_mode(repo):
+def test_bench_generate_mode_prints_each_method(repo):
     out = run(repo, 'bench.py', '--mode=generate', '--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32',
               '--block_size=32', '--max_new_tokens=6', '--num_samples=2').stdout
     for method in ('ours, KV cache', 'ours, no cache', 'transformers generate'):

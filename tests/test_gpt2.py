@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import gpt2_encoding
-from conftest import REPO, TEXT, run
+from util import gpt2_encoding
+from conftest import REPO, TEXT, make_repo, prepare_dataset, run
 from model import GPT, GPTConfig
 
 SHAPES = {
@@ -87,7 +87,7 @@ def test_export_refuses_what_gpt2_cannot_represent(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_loading_holds_one_copy(tmp_path):
+def test_loaded_weights_are_adopted_and_tied(tmp_path):
     """The weights are adopted, not copied: our parameters are the tensors read from disk."""
     hf_model(tmp_path, **SHAPES['short-context'])
     model = GPT.from_pretrained(str(tmp_path))
@@ -148,14 +148,8 @@ def test_hub_name_offline_is_one_line(tmp_path):
 @pytest.fixture(scope='module')
 def bpe_repo(tmp_path_factory):
     """A repo copy with data/shakespeare prepared (BPE) from TEXT and a small GPT-2 directory."""
-    from conftest import make_repo
     path = make_repo(tmp_path_factory.mktemp('bpe'))
-    data = os.path.join(path, 'data', 'shakespeare')
-    os.makedirs(data)
-    shutil.copy(os.path.join(REPO, 'data', 'shakespeare', 'prepare.py'), data)
-    with open(os.path.join(data, 'input.txt'), 'w') as f:
-        f.write(TEXT)
-    run(path, 'data/shakespeare/prepare.py')
+    prepare_dataset(path, 'shakespeare', 'shakespeare')
     hf_model(os.path.join(path, 'tiny-gpt2'), **SHAPES['gpt2-vocab'])
     return path
 
@@ -183,7 +177,7 @@ def test_finetune_config_improves_val_loss(bpe_repo):
     run(bpe_repo, 'export.py', '--out_dir=ft')
     hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
     assert json.loads(pathlib.Path(bpe_repo, 'ft', 'hf', 'config.json').read_text())['n_positions'] == 32
-    from common import model_from_checkpoint
+    from checkpoints import model_from_checkpoint
     ours = model_from_checkpoint(ckpt).eval()
     x = torch.randint(0, 50257, (1, 32))
     with torch.no_grad():

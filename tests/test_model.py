@@ -28,7 +28,7 @@ def test_crop_block_size_and_generate_past_it():
 
 def test_optimizer_decays_matrices_only():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and all(p.dim() == 2 for p in decay['params'])
     assert no_decay['weight_decay'] == 0.0 and all(p.dim() == 1 for p in no_decay['params'])
@@ -36,7 +36,7 @@ def test_optimizer_decays_matrices_only():
     assert opt.defaults['fused']  # fused AdamW on CPU
 
 
-def test_mfu_needs_a_peak():
+def test_mfu_against_a_peak_or_none():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
     assert model.estimate_mfu(4, 0.01, None) is None
     flops = model.flops_per_token() * 8 * 4 / 0.01

@@ -11,7 +11,7 @@ import numpy as np
 from conftest import TEXT, run
 
 
-def test_prepare_char_dataset(repo):
+def test_prepare_char_dataset_without_torch_writes_splits_and_vocabulary(repo):
     data = os.path.join(repo, 'data', 'tiny_char')
     # a prepare script needs no torch: it starts in a fraction of the time
     probe = "import runpy, sys; runpy.run_path('data/tiny_char/prepare.py'); assert 'torch' not in sys.modules"

@@ -5,7 +5,6 @@ without touching the last checkpoint, and one clear line (no traceback, nothing 
 every kind of bad input. Run: python -m pytest tests/test_reliability.py
 """
 import glob
-import hashlib
 import os
 import pickle
 import re
@@ -16,19 +15,11 @@ import time
 import pytest
 import torch
 
+import checkpoints
 import common
-from conftest import REPO, TINY, run
+from conftest import REPO, TINY, digest, iter_losses, one_line_error, run
 
 NO_TRACEBACK = 'Traceback'
-
-
-def iter_losses(stdout):
-    return {int(i): l for i, l in re.findall(r'^iter (\d+): loss ([\d.]+)', stdout, re.M)}
-
-
-def digest(path):
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def test_resume_is_exact_with_accumulation_and_dropout(repo):
@@ -69,9 +60,9 @@ def test_kill_9_never_leaves_a_broken_checkpoint(repo):
         p.wait()
         killed_mid_write += bool(glob.glob(os.path.join(out, '*.tmp')))
         # what sample.py and a resume read: a whole checkpoint whose optimizer file exists
-        ckpt = common.load_checkpoint(os.path.join(out, 'ckpt.pt'))
-        common.model_from_checkpoint(ckpt)
-        assert common.load_optimizer_state(out, ckpt)['optimizer']['state']
+        ckpt = checkpoints.load_checkpoint(os.path.join(out, 'ckpt.pt'))
+        checkpoints.model_from_checkpoint(ckpt)
+        assert checkpoints.load_optimizer_state(out, ckpt)['optimizer']['state']
     assert killed_mid_write >= 1  # at least one kill really landed inside a checkpoint write
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     out_text = run(repo, 'train.py', *args, '--init_from=resume', f'--max_iters={ckpt["iter_num"] + 2}').stdout
@@ -80,10 +71,8 @@ def test_kill_9_never_leaves_a_broken_checkpoint(repo):
     assert len(glob.glob(os.path.join(out, 'optimizer-*.pt'))) == 1
 
 
-def test_nan_loss_stops_and_keeps_the_checkpoint(trained, tmp_path):
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+def test_nan_loss_stops_and_keeps_the_checkpoint(trained_copy):
+    repo = trained_copy
     before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
     p = run(repo, 'train.py', *TINY, '--init_from=resume', '--out_dir=out', '--max_iters=30', '--eval_interval=3',
             '--learning_rate=1e30', '--grad_clip=0.0', '--warmup_iters=0', '--decay_lr=False', check=False)
@@ -98,10 +87,8 @@ class Payload:
         return (os.system, ('touch PWNED',))
 
 
-def test_pickled_code_never_runs(trained, tmp_path):
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+def test_pickled_code_never_runs(trained_copy):
+    repo = trained_copy
     ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
     ckpt['config']['evil'] = Payload()
     torch.save(ckpt, os.path.join(repo, 'out', 'ckpt.pt'))
@@ -120,12 +107,10 @@ def test_pickled_code_never_runs(trained, tmp_path):
     assert not os.path.exists(os.path.join(repo, 'PWNED'))
 
 
-def test_trusted_legacy_checkpoint_loads_with_the_flag(trained, tmp_path):
+def test_trusted_legacy_checkpoint_loads_with_the_flag(trained_copy):
     """Some nanoGPT forks pickle an argparse.Namespace as the config: refused unless trusted."""
     import argparse
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+    repo = trained_copy
     ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
     ckpt['args'] = argparse.Namespace(lr=1.0)
     torch.save(ckpt, os.path.join(repo, 'out', 'ckpt.pt'))
@@ -134,11 +119,9 @@ def test_trusted_legacy_checkpoint_loads_with_the_flag(trained, tmp_path):
     assert run(repo, 'sample.py', *args, '--trust_checkpoint=True').stdout.count('---------------') == 1
 
 
-def test_nanogpt_meta_pkl_is_read(trained, tmp_path):
+def test_nanogpt_meta_pkl_is_read(trained_copy):
     import json
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+    repo = trained_copy
     data = os.path.join(repo, 'data', 'tiny_char')
     with open(os.path.join(data, 'meta.json')) as f:
         itos = json.load(f)['itos']
@@ -162,13 +145,6 @@ def test_no_unsafe_load_in_the_code():
 # -----------------------------------------------------------------------------
 # bad input: one line on stderr, non-zero exit, no traceback
 
-def one_line_error(p, expected):
-    assert p.returncode != 0, p.stdout
-    err = p.stderr.strip()
-    assert NO_TRACEBACK not in err and '\n' not in err, err
-    assert err.startswith('error: ') and expected in err, err
-
-
 @pytest.mark.parametrize('args,expected', [
     (['--init_from=resume', '--out_dir=empty'], 'no checkpoint at empty/ckpt.pt'),
     (['--init_from=resume', '--n_layer=3'], 'has n_layer=2, but n_layer=3 was asked'),
@@ -179,8 +155,6 @@ def one_line_error(p, expected):
     (['--lr_decay_iters=2'], 'lr_decay_iters (2) must be larger than warmup_iters (2)'),
     (['--block_size=100000'], 'fewer than block_size + 1 = 100001'),
     (['--device=tpu'], "unknown device 'tpu'"),
-    (['--device=cuda'], "device 'cuda' asked for, but this torch sees no CUDA GPU"),
-    (['--dtype=fp8'], "unknown dtype 'fp8'"),
     (['--out_dir=data/tiny_char/train.bin/out'], "cannot write to out_dir 'data/tiny_char/train.bin/out'"),
     (['--n_embd=100', '--n_head=3'], 'n_embd (100) must be divisible by n_head (3)'),
     (['--dropout=-0.5'], 'dropout must be in [0, 1), got -0.5'),
@@ -188,24 +162,22 @@ def one_line_error(p, expected):
     (['--max_iters=-1'], 'max_iters must be >= 0, got -1'),
     (['--learning_rate=nan'], 'learning_rate must be finite and positive, got nan'),
 ])
-def test_train_bad_input(trained, args, expected):
+def test_train_bad_input_is_one_line_and_checkpoint_untouched(trained, args, expected):
     # TINY's settings come first, the bad one last; the checkpoint in out/ has n_layer=2, block_size=16
     before = digest(os.path.join(trained, 'out', 'ckpt.pt'))
     one_line_error(run(trained, 'train.py', *TINY, '--out_dir=out', *args, check=False), expected)
     assert digest(os.path.join(trained, 'out', 'ckpt.pt')) == before
 
 
-def test_missing_bin_file(repo):
+def test_missing_bin_file_names_prepare(repo):
     os.remove(os.path.join(repo, 'data', 'tiny_char', 'val.bin'))
     one_line_error(run(repo, 'train.py', *TINY, check=False),
                    'no data/tiny_char/val.bin: prepare the dataset first (python data/tiny_char/prepare.py)')
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'garbage'])
-def test_damaged_checkpoint(trained, tmp_path, damage):
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+def test_damaged_checkpoint_is_one_line_and_left_as_is(trained_copy, damage):
+    repo = trained_copy
     path = os.path.join(repo, 'out', 'ckpt.pt')
     with open(path, 'rb') as f:
         data = f.read()
@@ -225,28 +197,45 @@ def test_damaged_checkpoint(trained, tmp_path, damage):
     (['--max_new_tokens=0'], 'max_new_tokens must be positive, got 0'),
     (['--top_k=1000'], 'top_k=1000 is larger than the vocabulary'),
     (['--temperature=-1.0'], 'temperature must be >= 0'),
-    (['--dtype=float64'], "unknown dtype 'float64'"),
 ])
-def test_sample_bad_input(trained, args, expected):
+def test_sample_bad_input_is_one_line(trained, args, expected):
     one_line_error(run(trained, 'sample.py', '--out_dir=out', '--device=cpu', *args, check=False), expected)
 
 
-def test_prompt_file_not_utf8(trained, tmp_path):
+def test_prompt_file_not_utf8_is_one_line(trained, tmp_path):
     (tmp_path / 'prompt.txt').write_bytes(b'\xff\xfe\x80 not text')
     one_line_error(run(trained, 'sample.py', '--out_dir=out', f'--start=FILE:{tmp_path / "prompt.txt"}', check=False),
                    'is not UTF-8 text')
 
 
-def test_bfloat16_without_hardware(monkeypatch, capsys):
+@pytest.mark.parametrize('device,dtype,expected', [
+    ('tpu', 'auto', "unknown device 'tpu' (use auto, cpu, cuda, cuda:N or mps)"),
+    ('cuda', 'auto', "device 'cuda' asked for, but this torch sees no CUDA GPU (try --device=cpu)"),
+    ('cuda:x', 'auto', "unknown device 'cuda:x'"),
+    ('cpu', 'fp8', "unknown dtype 'fp8' (use auto, float32, bfloat16 or float16)"),
+    ('cpu', 'float64', "unknown dtype 'float64'"),
+])
+def test_bad_device_or_dtype_is_one_line(monkeypatch, capsys, device, dtype, expected):
+    """What every script says for a bad --device or --dtype (train.py's is checked end to end above)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # the same answer on a GPU machine
+    with pytest.raises(SystemExit) as e:
+        common.setup_device(device, dtype)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and expected in err and err.count('\n') == 1, err
+
+
+def test_bfloat16_refused_without_bfloat16_units(monkeypatch, capsys):
+    cpu = torch.device('cpu')
     monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx2', 'fma'})
     with pytest.raises(SystemExit) as e:
-        common.pick_dtype('cpu', 'bfloat16')
+        common.pick_dtype(cpu, 'bfloat16')
     assert e.value.code == 1
     assert capsys.readouterr().err.strip() == \
         "error: bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)"
     monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx512_bf16'})
-    assert common.pick_dtype('cpu', 'bfloat16') == 'bfloat16'
-    assert common.pick_dtype('cpu', 'auto') == 'float32'  # emulated bf16 is slower
+    assert common.pick_dtype(cpu, 'bfloat16') == 'bfloat16'
+    assert common.pick_dtype(cpu, 'auto') == 'float32'  # emulated bf16 is slower
 
 
 @pytest.mark.parametrize('damage,expected', [
@@ -255,12 +244,10 @@ def test_bfloat16_without_hardware(monkeypatch, capsys):
     ('meta_not_json', 'cannot read data/tiny_char/meta.json: not valid JSON'),
     ('meta_wrong_shape', "cannot read data/tiny_char/meta.json: not {'vocab_size': n, 'itos': [n strings]}"),
 ])
-def test_damaged_dataset(trained, tmp_path, damage, expected):
+def test_damaged_dataset_is_one_line_and_checkpoint_untouched(trained_copy, damage, expected):
     """Token files and vocabularies are checked before training; sample.py reads the same meta.json."""
     import json
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+    repo = trained_copy
     data = os.path.join(repo, 'data', 'tiny_char')
     before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
     if damage == 'odd_bytes':
@@ -293,7 +280,7 @@ def _mount_tmpfs(path, size):
         return False
 
 
-def test_disk_full_during_a_save(trained, tmp_path):
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained_copy):
     """
     A checkpoint save that runs out of space: one line naming the file and the cause, no temporary
     file left, the previous checkpoint intact and still resuming. On a real full filesystem (a small
@@ -303,8 +290,7 @@ def test_disk_full_during_a_save(trained, tmp_path):
     import resource
     import shutil
     import signal
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+    repo = trained_copy
     out = os.path.join(repo, 'full')
     mounted = _mount_tmpfs(out, '4m')
     try:
@@ -394,10 +380,8 @@ def test_one_run_per_out_dir(repo):
     assert not os.path.exists(os.path.join(repo, 'out', 'lock'))
 
 
-def test_scratch_over_a_checkpoint_says_so(trained, tmp_path):
-    import shutil
-    repo = str(tmp_path / 'r')
-    shutil.copytree(trained, repo)
+def test_scratch_over_a_checkpoint_says_so(trained_copy):
+    repo = trained_copy
     before = digest(os.path.join(repo, 'out', 'ckpt.pt'))
     p = run(repo, 'train.py', *TINY, '--out_dir=out', '--max_iters=0', '--eval_interval=5')
     assert p.stderr.strip() == ("warning: out/ckpt.pt exists and this run starts from scratch: its first checkpoint "

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import common
-import model as model_module
 from model import GPT, GPTConfig, KVCache
 
 
@@ -19,28 +18,27 @@ def _loss_and_grads(model, x, y):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_spelled_out_attention_equals_sdpa(monkeypatch):
+def test_spelled_out_attention_equals_sdpa():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23))
     x, y = torch.randint(0, 23, (2, 3, 16))
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: False)
+    model.spell_out_attention(0)
     loss_sdpa, grads_sdpa = _loss_and_grads(model, x, y)
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: True)
+    model.spell_out_attention(16)
     loss_ours, grads_ours = _loss_and_grads(model, x, y)
     assert loss_ours == pytest.approx(loss_sdpa, abs=1e-6)
     for n in grads_sdpa:
         assert torch.allclose(grads_ours[n], grads_sdpa[n], atol=1e-6), n
 
 
-def test_spelled_out_attention_with_kv_cache(monkeypatch):
+def test_spelled_out_attention_with_kv_cache():
     """A prompt, then a chunk of 3 (offset causal mask), then one token at a time (no mask)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23)).eval()
     x = torch.randint(0, 23, (2, 12))
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: False)
     with torch.no_grad():
-        full, _ = model(x, x)  # logits at every position, no cache
-    monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: True)
+        full, _ = model(x, x)  # logits at every position, no cache: SDPA
+    model.spell_out_attention(16)
     cache = KVCache(n_layer=2, max_len=16)
     with torch.no_grad():
         for start, end in ((0, 5), (5, 8), (8, 9), (9, 10), (10, 12)):
@@ -69,17 +67,17 @@ def test_onednn_route_only_where_exact(restore_matmul_precision):
         assert torch.get_float32_matmul_precision() == before
 
 
-def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_matmul_precision):
+def test_training_on_the_fast_path_tracks_the_plain_one(restore_matmul_precision):
     """Optimizer steps on oneDNN's matmuls (where this CPU takes that route) with spelled-out attention
-    give the losses of MKL's matmuls with scaled_dot_product_attention."""
+    (on every CPU) give the losses of MKL's matmuls with scaled_dot_product_attention."""
     def losses(fast):
         torch.set_float32_matmul_precision('highest')
         if fast:
             common.onednn_float32_matmuls()
-        monkeypatch.setattr(model_module, '_flash_is_slow', lambda q, k: fast)
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
-        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
+        model.spell_out_attention(32 if fast else 0)
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
         out = []
         for x, y in torch.randint(0, 50, (6, 2, 8, 32)):
             _, loss = model(x, y)
@@ -92,11 +90,21 @@ def test_training_on_the_fast_path_tracks_the_plain_one(monkeypatch, restore_mat
     assert losses(fast=True) == pytest.approx(losses(fast=False), abs=1e-5)
 
 
-def test_spelled_out_only_for_short_float32_attention_on_the_route(restore_matmul_precision):
-    q = torch.zeros(1, 1, 64, 8)
-    torch.set_float32_matmul_precision('medium')  # the route's setting, whatever this CPU does with it
-    assert model_module._flash_is_slow(q, q)
-    assert not model_module._flash_is_slow(q, torch.zeros(1, 1, 256, 8))  # long: flash amortises oneDNN's setup
-    assert not model_module._flash_is_slow(q.bfloat16(), q.bfloat16())
-    torch.set_float32_matmul_precision('highest')
-    assert not model_module._flash_is_slow(q, q)  # MKL: flash is the fast path
+def test_spelled_out_only_for_short_float32_attention_on_the_route(monkeypatch, restore_matmul_precision):
+    """fast_cpu_matmuls decides the route once and tells the model: up to 128 keys spelled out on it."""
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=256, vocab_size=11)).eval()
+    cpu = torch.device('cpu')
+    keys = lambda: {block.attn.spelled_out_keys for block in model.transformer.h}
+    monkeypatch.setattr(common, 'onednn_float32_matmuls', lambda: True)  # as on a CPU that takes the route
+    assert common.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {128}
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    with torch.no_grad():
+        model(torch.zeros(1, 64, dtype=torch.long))
+        assert not calls  # short: spelled out
+        model(torch.zeros(1, 256, dtype=torch.long))
+        assert len(calls) == 2  # long (one call per layer): flash amortises oneDNN's setup
+    assert not common.fast_cpu_matmuls(model, cpu, 'bfloat16') and keys() == {0}
+    monkeypatch.setattr(common, 'onednn_float32_matmuls', lambda: False)
+    assert not common.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {0}  # MKL: flash is the fast path

@@ -9,7 +9,7 @@ import re
 
 import torch
 
-from conftest import TINY, run
+from conftest import TINY, iter_losses, run
 
 MODEL_ARGS = {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
 
@@ -18,10 +18,6 @@ def records(path):
     """The entries of a metrics.jsonl."""
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-def iter_losses(stdout):
-    return {int(i): float(l) for i, l in re.findall(r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu ', stdout, re.M)}
 
 
 def test_train_writes_plain_nanogpt_checkpoint(trained):
@@ -75,7 +71,7 @@ def test_resume_is_exact(repo):
     assert untimed(mb) == untimed(ma) and [r['iter'] for r in mb if 'loss' in r] == list(range(16))
 
 
-def test_sample_prints_text(trained):
+def test_sample_prints_text_from_the_vocabulary(trained):
     out = run(trained, 'sample.py', '--out_dir=out', '--num_samples=2', '--max_new_tokens=30', '--start=First').stdout
     assert 'Loading character vocabulary of tiny_char' in out
     samples = out.split('---------------')
@@ -83,7 +79,7 @@ def test_sample_prints_text(trained):
     assert samples[0].split('\n', 1)[1].startswith('First') and samples[1].startswith('\nFirst')
 
 
-def test_sample_unknown_character(trained):
+def test_sample_unknown_character_is_one_line(trained):
     p = run(trained, 'sample.py', '--out_dir=out', '--start=a@b', check=False)
     assert p.returncode == 1 and 'Traceback' not in p.stderr
     assert p.stderr.strip() == "error: the prompt has the character '@', which is not in the model's vocabulary"

@@ -12,14 +12,10 @@ import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
-from util import download  # noqa: E402
+from util import read_text  # noqa: E402
 
-input_file_path = os.path.join(here, 'input.txt')
-if not os.path.exists(input_file_path):
-    download('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt', input_file_path)
-
-with open(input_file_path, encoding='utf-8') as f:
-    data = f.read()
+data = read_text('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
+                 os.path.join(here, 'input.txt'))
 print(f"length of dataset in characters: {len(data):,}")
 
 # get all the unique characters that occur in this text
