@@ -1,14 +1,15 @@
 """
 data/shakespeare_char/prepare.py on a small local text: 90/10 split, uint16 ids, a JSON
-vocabulary, and a one-line error when there is neither input.txt nor network.
-Run: python -m pytest tests/test_prepare.py
+vocabulary, and a one-line error when there is neither input.txt nor network; no prepare script
+imports torch. Run: python -m pytest tests/test_prepare.py
 """
 import json
 import os
+import shutil
 
 import numpy as np
 
-from conftest import TEXT, run
+from conftest import REPO, TEXT, run
 
 
 def test_prepare_char_dataset_without_torch_writes_splits_and_vocabulary(repo):
@@ -37,3 +38,16 @@ def test_prepare_offline_without_input(repo):
     assert p.stderr.strip().startswith('error: could not download https://')
     assert p.stderr.strip().endswith(f"put the file at {os.path.join(data, 'input.txt')} and run this again")
     assert sorted(os.listdir(data)) == ['prepare.py']  # nothing half-written
+
+
+def test_prepare_scripts_import_no_torch(repo):
+    """The BPE and evaluation-set scripts too, each with its file already in place (nothing to download)."""
+    files = {'shakespeare': ('input.txt', TEXT), 'hellaswag': ('hellaswag_val.jsonl', '{"endings": ["a"]}\n'),
+             'lambada': ('lambada_test.jsonl', '{"text": "a b"}\n')}
+    for name, (file, text) in files.items():
+        os.makedirs(os.path.join(repo, 'data', name))
+        shutil.copy(os.path.join(REPO, 'data', name, 'prepare.py'), os.path.join(repo, 'data', name))
+        with open(os.path.join(repo, 'data', name, file), 'w') as f:
+            f.write(text)
+        probe = f"import runpy, sys; runpy.run_path('data/{name}/prepare.py'); assert 'torch' not in sys.modules"
+        assert run(repo, '-c', probe).stdout
