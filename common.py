@@ -235,11 +235,23 @@ def ddp_ranks():
 
 
 def start_ddp(device, backend='auto'):
-    """Join torchrun's process group: NCCL between GPUs, gloo otherwise, unless backend names one."""
+    """
+    Join torchrun's process group: NCCL between GPUs, gloo otherwise, unless backend names one.
+    After torchrun restarts its workers (--max-restarts), the new group forms on the agent's store
+    under a prefix naming the attempt: torch's env:// path hands the agent's store over as it is,
+    where the killed attempt's keys still lie, and the new ranks then try to connect to the dead
+    ones ('Gloo connectFullMesh failed ... Connection refused'; pytorch issue #167288, for NCCL).
+    """
     import torch.distributed as dist
     if backend == 'auto':
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
-    dist.init_process_group(backend=backend)
+    attempt = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
+    if attempt == 0 or os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
+        dist.init_process_group(backend=backend)  # env://: a first attempt, or a store that is new each time
+        return
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False)
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f'attempt_{attempt}', store),
+                            rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']))
 
 
 def end_ddp(before_exit=None):

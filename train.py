@@ -47,6 +47,7 @@ always_save_checkpoint = True  # if True, always save a checkpoint after each ev
 hellaswag_interval = 0  # zero-shot HellaSwag accuracy every this many iterations (0 = off; data/hellaswag/prepare.py)
 hellaswag_limit = 0  # evaluate only the first hellaswag_limit examples (0 = all 10,042)
 init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory
+auto_resume = False  # if out_dir holds a checkpoint, resume it whatever init_from says (torchrun --max-restarts)
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 # wandb logging
 wandb_log = False  # disabled by default
@@ -168,6 +169,10 @@ best_val_loss = 1e9
 checkpoint = None
 ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 saved_iter = None  # the iteration of the newest checkpoint in out_dir, if any
+if auto_resume and init_from != 'resume' and os.path.isfile(ckpt_path):
+    if master_process:
+        print(f"auto_resume: {ckpt_path} exists, so this run resumes it instead of starting from {init_from}")
+    init_from = 'resume'  # a restarted run continues its own progress, not the run it started from
 
 
 def where_interrupted():

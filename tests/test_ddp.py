@@ -5,6 +5,11 @@ micro-batches are numbered across ranks, so both see the very same batches), and
 DDP run resumes bit for bit. Run: python -m pytest tests/test_ddp.py
 """
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import torch
 
@@ -15,13 +20,34 @@ from conftest import TINY, iter_losses, run
 LOSS_TOL, WEIGHT_TOL = 2e-4, 1e-5
 
 
-def test_two_processes_match_one(repo):
+def two_nodes(repo, *args):
+    """
+    train.py on two torchrun "nodes" of one process each, on the loopback interface with the c10d
+    rendezvous (the multi-node command of the README, both nodes on this machine; is_host says
+    which agent serves the rendezvous store, as they share an address): rank 0's output.
+    """
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', '--nproc_per_node=1',
+                               '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}', '--rdzv_id=test',
+                               f'--rdzv_conf=is_host={int(node == 0)}', 'train.py', *args], cwd=repo, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for node in (0, 1)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outputs]
+    return next(out for out, _ in outputs if 'iter 0:' in out)
+
+
+def test_one_process_two_processes_and_two_nodes_give_the_same_losses(repo):
+    """One process, two under torchrun --standalone, and two "nodes" of one process each: the same losses."""
     args = [*TINY, '--gradient_accumulation_steps=4', '--max_iters=8', '--eval_interval=8']
     one = run(repo, 'train.py', *args, '--out_dir=one').stdout
     two = run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, '--out_dir=two').stdout
-    a, b = list(iter_losses(one).values()), list(iter_losses(two).values())
-    assert len(a) == len(b) == 9
+    nodes = two_nodes(repo, *args, '--out_dir=nodes')
+    a, b, c = (list(iter_losses(out).values()) for out in (one, two, nodes))
+    assert len(a) == len(b) == len(c) == 9
     assert max(abs(x - y) for x, y in zip(a, b)) <= LOSS_TOL, (a, b)
+    assert max(abs(x - y) for x, y in zip(b, c)) <= LOSS_TOL, (b, c)
     assert 'tokens per iteration will be: 256' in one and 'tokens per iteration will be: 256' in two
     wa = torch.load(os.path.join(repo, 'one', 'ckpt.pt'), weights_only=True)['model']
     wb = torch.load(os.path.join(repo, 'two', 'ckpt.pt'), weights_only=True)['model']
@@ -48,3 +74,46 @@ def test_accumulation_must_divide_by_world_size(repo):
     # torchrun itself reports a failed child with a traceback of its own; train.py's is one line
     assert p.returncode != 0 and 'train.py", line' not in p.stderr
     assert 'gradient_accumulation_steps (3) must be divisible by the number of processes (2)' in p.stderr
+
+
+def _worker_pid(agent_pid, rank):
+    """The PID of the worker process of this rank that a torchrun agent started, or None."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                env = f.read().split(b'\0')
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == agent_pid and f'RANK={rank}'.encode() in env:
+            return int(pid)
+    return None
+
+
+def test_torchrun_restart_after_a_killed_worker_ends_like_an_uninterrupted_run(repo):
+    """
+    torchrun --max-restarts=1 with auto_resume: rank 1 is SIGKILLed mid-training, torchrun restarts
+    both workers, they resume from the last checkpoint and end with the uninterrupted run's weights.
+    """
+    args = [*TINY, '--gradient_accumulation_steps=2', '--max_iters=200', '--eval_interval=50', '--dropout=0.1',
+            '--auto_resume=True']
+    run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, '--out_dir=straight')
+    agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                              '--max-restarts=1', 'train.py', *args, '--out_dir=restarted'], cwd=repo, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = os.path.join(repo, 'restarted', 'ckpt.pt')
+    deadline = time.time() + 120
+    while not os.path.exists(ckpt) and agent.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim = _worker_pid(agent.pid, 1)
+    assert victim, "no rank-1 worker to kill"
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = agent.communicate(timeout=240)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert 'auto_resume: restarted/ckpt.pt exists, so this run resumes it' in stdout  # it really restarted
+    assert 'training done' in stdout
+    wa = torch.load(os.path.join(repo, 'straight', 'ckpt.pt'), weights_only=True)
+    wb = torch.load(ckpt, weights_only=True)
+    assert wa['iter_num'] == wb['iter_num'] == 200
+    assert all(torch.equal(wa['model'][k], wb['model'][k]) for k in wa['model'])
