@@ -7,13 +7,12 @@ $ python bench.py --mode=generate                          # sampling: KV cache 
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
 import os
-import resource
 import time
 
 import torch
 
 from common import (fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
-                    peak_flops as find_peak_flops, script_settings, setup_device)
+                    peak_flops as find_peak_flops, peak_memory, script_settings, setup_device)
 from dataloader import get_batch, load_meta
 from model import GPT, GPTConfig
 from util import die
@@ -97,9 +96,7 @@ if mode == 'generate':
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats()
                 tps, first = fn(max_new_tokens)
-                # peak memory: the device's allocator on CUDA, else the process's peak RSS so far
-                mem = (torch.cuda.max_memory_allocated() if device.type == 'cuda' else
-                       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+                mem = peak_memory(device) / 2**20  # so far: the device's allocator on CUDA, else peak RSS
                 results[name] = tps
                 print(f"{B:>5} {name:<22} {tps:>9.1f} {first * 1000:>10.1f}ms {mem:>7.0f}MB", flush=True)
             print(f"{B:>5} KV cache vs transformers: {results['ours, KV cache'] / results['transformers generate']:.2f}x, "

@@ -214,14 +214,40 @@ def optimizer_step(model, optimizer, scaler, grad_clip):
     """
     The end of a training step, as train.py and bench.py take it: clip the gradient norm at
     grad_clip (0: no clipping; unscaled first under float16's GradScaler), step the optimizer and
-    the scaler, and free the gradients' memory.
+    the scaler, and free the gradients' memory. Returns the gradient norm before clipping, a tensor
+    on the device (reading it waits for the device: train.py does so at log lines only).
     """
-    if grad_clip != 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.unscale_(optimizer)
+    # with no clipping the norm is still measured; the gradients are multiplied by exactly 1
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float('inf'))
     scaler.step(optimizer)  # skipped by the scaler if float16 gradients overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def update_to_weight(optimizer, before):
+    """
+    How far the last step moved the weights: the RMS of the update over the RMS of the weights,
+    overall and per parameter group, as tensors on the device. before is the groups' weights as
+    copied just before the step ([[tensor]] per group). ~1e-3 is the usual healthy size for AdamW.
+    """
+    updates, weights = [], []
+    for group, old in zip(optimizer.param_groups, before):  # foreach: a few kernels per group, not per tensor
+        diffs = torch._foreach_sub([p.detach() for p in group['params']], old)
+        updates.append(torch.stack(torch._foreach_norm(diffs)).float().square().sum())
+        weights.append(torch.stack(torch._foreach_norm(old)).float().square().sum())
+    overall = (sum(updates) / sum(weights)).sqrt()
+    return overall, [(u / w).sqrt() for u, w in zip(updates, weights)]
+
+
+def peak_memory(device):
+    """The most memory this process has held, in bytes: allocated on a CUDA device, else resident (RSS)."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == 'darwin' else peak * 1024  # macOS counts bytes, Linux KiB
 
 
 # -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import tasks
 from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, load_optimizer_state, lock_out_dir,
                          model_from_checkpoint, save_checkpoint)
 from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe_compile, optimizer_step,
-                    peak_flops as find_peak_flops, setup_device, start_ddp)
+                    peak_flops as find_peak_flops, peak_memory, setup_device, start_ddp, update_to_weight)
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
 from model import GPT, GPTConfig
 from util import die
@@ -295,6 +295,8 @@ t0 = t_start = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
 best_iter = None  # the iteration of best_val_loss, when this process saw it
 running_mfu = -1.0
+clipped_steps = torch.zeros((), device=device)  # steps whose gradient norm was clipped, since the last log line
+steps_since_log = 0
 while True:
 
     # determine and set the learning rate for this iteration
@@ -368,31 +370,53 @@ while True:
             scaler.scale(loss).backward()
         loss_accum += loss.detach()
     first_bad_iter = torch.where((first_bad_iter < 0) & ~loss_accum.isfinite(), iter_num, first_bad_iter)
-    # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients
-    optimizer_step(model, optimizer, scaler, grad_clip)
+    # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients; at a log
+    # iteration the weights from before the step are kept, to measure the step's size
+    log_now = iter_num % log_interval == 0
+    before = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups] \
+        if log_now and master_process else None
+    grad_norm = optimizer_step(model, optimizer, scaler, grad_clip)  # before clipping, on device
+    if grad_clip != 0.0 and master_process:
+        clipped_steps += grad_norm > grad_clip
+    steps_since_log += 1
 
     # timing and logging
     t1 = time.time()
     dt = t1 - t0
     t0 = t1
-    if iter_num % log_interval == 0:
+    if log_now:
         if ddp:  # the loss of the whole batch: the mean over ranks
             dist.all_reduce(loss_accum)
             loss_accum /= ddp_world_size
-        lossf = loss_accum.item()  # a CPU-GPU sync point, so only every log_interval
         stop_if_not_finite()
         if master_process:
+            # the loss and the training's health, read from the device at once (one sync, only every log_interval)
+            update, group_updates = update_to_weight(optimizer, before)
+            lossf, norm, clipped, update, *group_updates = torch.stack(
+                [loss_accum, grad_norm, clipped_steps / steps_since_log, update, *group_updates]).float().tolist()
+            before = None
+            clipped_steps.zero_()
             if local_iter_num >= 5:  # let the training loop settle a bit
                 mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)  # per device
                 if mfu is not None:
                     running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             mfu_str = f"{running_mfu * 100:.2f}%" if peak else "n/a"  # unknown device: set peak_flops
+            health = dict(grad_norm=norm, clipped=clipped if grad_clip != 0.0 else None, update_to_weight=update,
+                          tokens_per_s=tokens_per_iter / dt, peak_mem_mb=peak_memory(device) / 2**20)
             # progress, and the time left at this process's pace so far (evaluations included)
             left = (t1 - t_start) / (local_iter_num + 1) * (max_iters - iter_num)
             done = int(1000 * iter_num / max(max_iters, 1)) / 10  # rounded down: 100% only at the end
-            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, {done:.1f}%, "
+            print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, grad norm {norm:.3f}"
+                  f"{f' (clipped {clipped:.0%})' if grad_clip != 0.0 else ''}, update/weight {update:.2e}, "
+                  f"{health['tokens_per_s']:,.0f} tok/s, peak mem {health['peak_mem_mb']:,.0f}MB, {done:.1f}%, "
                   f"{format_duration(left)} left")
-            metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr)
+            metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr,
+                        **health)
+            if wandb_log:
+                wandb.log({"iter": iter_num, "train/loss_step": lossf, **{f"health/{k}": v for k, v in health.items()},
+                           **{f"health/update_to_weight/group{i}": u for i, u in enumerate(group_updates)}},
+                          step=iter_num)
+        steps_since_log = 0
     iter_num += 1
     local_iter_num += 1
 

@@ -1,19 +1,25 @@
 """
-A run that reports itself: progress and time left on each log line (after nanoGPT's own text), a
-summary at the end, sample.py's progress bar on stderr, and exported files with the same permissions
+A run that reports itself: the training's health (gradient norm, share of steps clipped, update size,
+tokens/s, peak memory) and progress on each log line (after nanoGPT's own text), in metrics.jsonl
+and in wandb, checked against an independent computation; a summary at the end, sample.py's progress bar on stderr, and exported files with the same permissions
 as checkpoints (out_dir/metrics.jsonl is checked in test_train.py's resume test, a summary without a
 checkpoint in test_reliability.py). Run: python -m pytest tests/test_report.py
 """
+import glob
+import json
 import os
 import re
 import stat
+
+import pytest
+import torch
 
 from conftest import TINY, run
 
 
 def test_log_lines_show_progress_and_time_left(repo):
     out = run(repo, 'train.py', *TINY, '--max_iters=20', '--eval_interval=10', '--out_dir=out').stdout
-    lines = re.findall(r'^iter (\d+): loss [\d.]+, time [\d.]+ms, mfu n/a, ([\d.]+)%, (\S+) left$', out, re.M)
+    lines = re.findall(r'^iter (\d+): loss [\d.]+, time [\d.]+ms, mfu n/a, .*, ([\d.]+)%, (\S+) left$', out, re.M)
     assert [int(i) for i, _, _ in lines] == list(range(21)), out
     assert [float(p) for _, p, _ in lines] == [100 * i / 20 for i in range(21)]
     assert all(re.fullmatch(r'(\d+h\d\dm|\d+m\d\ds|\d+s)', left) for _, _, left in lines)
@@ -35,3 +41,49 @@ def test_export_has_the_permissions_of_a_checkpoint(trained):
     mode = lambda p: stat.S_IMODE(os.stat(os.path.join(trained, p)).st_mode)
     assert mode('hf_perm/model.safetensors') == mode('hf_perm/config.json') == mode('out/ckpt.pt')
     assert not any(f.endswith('.tmp') for f in os.listdir(os.path.join(trained, 'hf_perm')))
+
+
+HEALTH = (r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu n/a, grad norm ([\d.]+)(?: \(clipped (\d+)%\))?, '
+          r'update/weight ([\d.e+-]+), ([\d,]+) tok/s, peak mem ([\d,]+)MB, ')
+
+
+def test_health_on_log_lines_in_metrics_and_wandb(repo):
+    """
+    Every log_interval (and only then): the gradient norm before clipping, the share of steps
+    clipped since the last line, the update-to-weight RMS ratio, tokens/s and peak memory. Iteration
+    0's norm and ratio equal a step recomputed here from the same initial weights and batch.
+    """
+    import common
+    from dataloader import get_batch, open_split
+    from model import GPT, GPTConfig
+    args = [*TINY, '--max_iters=6', '--eval_interval=5', '--log_interval=2', '--grad_clip=0.5',
+            '--wandb_log=True', '--wandb_project=t', '--out_dir=out']
+    out = run(repo, 'train.py', *args).stdout
+    lines = re.findall(HEALTH, out, re.M)
+    assert [int(line[0]) for line in lines] == [0, 2, 4, 6], out
+    assert all(line[3] == '100' for line in lines)  # tiny gradient clip: every step clipped
+    assert all(float(line[2]) > 0.5 and float(line[4]) > 0 and float(line[6].replace(',', '')) > 0 for line in lines)
+    # iteration 0 again, here: scratch init under the same seed, its first batch, one clipped AdamW step
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=33, bias=False))
+    X, Y = get_batch(open_split(os.path.join(repo, 'data', 'tiny_char'), 'train', 16), 4, 16, (1337, 0, 0, 0),
+                     torch.device('cpu'))
+    optimizer = model.configure_optimizers(0.1, 1e-3 / 3, (0.9, 0.95))  # warmup: lr * (0 + 1) / (2 + 1)
+    model(X, Y)[1].backward()
+    before = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups]
+    norm = common.optimizer_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), 0.5)
+    update, _ = common.update_to_weight(optimizer, before)
+    assert float(lines[0][2]) == pytest.approx(norm.item(), abs=2e-3)
+    assert float(lines[0][4]) == pytest.approx(update.item(), rel=1e-2)
+    # the same values in the run's record and in wandb (offline)
+    with open(os.path.join(repo, 'out', 'metrics.jsonl')) as f:
+        logged = [r for r in map(json.loads, f) if 'loss' in r]
+    assert [r['iter'] for r in logged] == [0, 2, 4, 6]
+    for r, line in zip(logged, lines):
+        assert f"{r['grad_norm']:.3f}" == line[2] and f"{r['update_to_weight']:.2e}" == line[4] and r['clipped'] == 1.0
+        assert r['tokens_per_s'] > 0 and r['peak_mem_mb'] > 0
+    with open(glob.glob(os.path.join(repo, 'wandb', 'offline-run-*', 'run-*.wandb'))[0], 'rb') as f:
+        record = f.read()
+    for key in ('grad_norm', 'clipped', 'update_to_weight', 'update_to_weight/group0', 'update_to_weight/group1',
+                'tokens_per_s', 'peak_mem_mb'):
+        assert f'health/{key}'.encode() in record, key
