@@ -58,6 +58,8 @@ dataset = 'openwebtext'
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes
 batch_size = 12  # if gradient_accumulation_steps > 1, this is the micro-batch size
 block_size = 1024
+batch_ramp_tokens = 0  # grow the batch linearly over this many tokens of training, up to the one above (0 = off)
+batch_ramp_start = 1  # micro-batches per step (all processes together) at the start of the ramp
 # model
 n_layer = 12
 n_head = 12
@@ -95,7 +97,7 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_it
              'n_layer', 'n_head', 'n_embd'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
-for name in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit'):
+for name in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit', 'batch_ramp_tokens'):
     if globals()[name] < 0:
         die(f"{name} must be >= 0, got {globals()[name]}")
 for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive'),
@@ -118,14 +120,22 @@ if ddp:
             f"by the number of processes ({ddp_world_size})")
     # each process does its share of the micro-steps, so the global batch is unchanged
     gradient_accumulation_steps //= ddp_world_size
+ramp_start = -(-batch_ramp_start // ddp_world_size)  # micro-steps per process, rounded up to whole ones
+if batch_ramp_tokens and not 0 < ramp_start <= gradient_accumulation_steps:
+    die(f"batch_ramp_start ({batch_ramp_start}) must be between 1 and gradient_accumulation_steps "
+        f"({gradient_accumulation_steps * ddp_world_size})")
 master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
 if ddp:
     start_ddp(device, backend)
-tokens_per_iter = gradient_accumulation_steps * ddp_world_size * batch_size * block_size
+micro_tokens = ddp_world_size * batch_size * block_size  # tokens of one micro-step on every process
+tokens_per_iter = gradient_accumulation_steps * micro_tokens
 if master_process:
     print(f"device: {device}, dtype: {dtype}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    if batch_ramp_tokens:
+        print(f"batch ramp: from {ramp_start * micro_tokens:,} tokens per iteration to {tokens_per_iter:,} over the "
+              f"first {batch_ramp_tokens:,} tokens; the learning rate schedule follows tokens")
     try:
         os.makedirs(out_dir, exist_ok=True)
         if not os.access(out_dir, os.W_OK):
@@ -143,9 +153,25 @@ val_data = open_split(data_dir, 'val', block_size)
 
 def train_batch(it, micro_step):
     # numbering micro-steps across ranks makes N processes see exactly the batches
-    # one process would see with N times the gradient accumulation
+    # one process would see with N times the gradient accumulation (whatever the ramp's size)
     return get_batch(train_data, batch_size, block_size,
-                     (seed, 0, it, ddp_rank * gradient_accumulation_steps + micro_step), device, vocab_size)
+                     (seed, 0, it, micro_step * ddp_world_size + ddp_rank), device, vocab_size)
+
+
+def micro_steps(tokens):
+    """This process's micro-steps in an iteration that starts after tokens tokens: the batch ramp."""
+    if tokens >= batch_ramp_tokens:
+        return gradient_accumulation_steps
+    return int(ramp_start + (gradient_accumulation_steps - ramp_start) * tokens / batch_ramp_tokens)
+
+
+def tokens_before(it):
+    """The tokens trained on before iteration it: fewer than it full batches while the ramp runs."""
+    tokens, i = 0, 0
+    while i < it and tokens < batch_ramp_tokens:
+        tokens += micro_steps(tokens) * micro_tokens
+        i += 1
+    return tokens + (it - i) * tokens_per_iter
 
 
 # the vocab size comes from the dataset's metadata if it has one
@@ -295,12 +321,13 @@ t0 = t_start = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
 best_iter = None  # the iteration of best_val_loss, when this process saw it
 running_mfu = -1.0
+tokens_seen = tokens_before(iter_num)  # the batch ramp and the schedule that follows it count tokens
 clipped_steps = torch.zeros((), device=device)  # steps whose gradient norm was clipped, since the last log line
 steps_since_log = 0
 while True:
 
-    # determine and set the learning rate for this iteration
-    lr = get_lr(iter_num) if decay_lr else learning_rate
+    # determine and set the learning rate for this iteration (in full batches of tokens, with a ramp)
+    lr = get_lr(tokens_seen / tokens_per_iter if batch_ramp_tokens else iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
@@ -357,13 +384,14 @@ while True:
     torch.manual_seed(hash((seed, iter_num, ddp_rank)) % 2**63)
     # forward backward update, with optional gradient accumulation to simulate larger batch size
     loss_accum = torch.zeros((), device=device)
-    for micro_step in range(gradient_accumulation_steps):
+    n_micro = micro_steps(tokens_seen)  # gradient_accumulation_steps, or fewer during the batch ramp
+    for micro_step in range(n_micro):
         # under DDP, sync gradients only at the last micro step
-        last = micro_step == gradient_accumulation_steps - 1
+        last = micro_step == n_micro - 1
         with (model.no_sync() if ddp and not last else nullcontext()):
             with ctx:
                 logits, loss = model(X, Y)
-                loss = loss / gradient_accumulation_steps  # scale the loss to account for gradient accumulation
+                loss = loss / n_micro  # scale the loss to account for gradient accumulation
             # immediately async prefetch next batch while model is doing the forward pass on the GPU
             X, Y = train_batch(iter_num + last, 0 if last else micro_step + 1)
             # backward pass, with gradient scaling if training in fp16
@@ -379,6 +407,8 @@ while True:
     if grad_clip != 0.0 and master_process:
         clipped_steps += grad_norm > grad_clip
     steps_since_log += 1
+    batch_tokens = n_micro * micro_tokens
+    tokens_seen += batch_tokens
 
     # timing and logging
     t1 = time.time()
@@ -397,19 +427,21 @@ while True:
             before = None
             clipped_steps.zero_()
             if local_iter_num >= 5:  # let the training loop settle a bit
-                mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)  # per device
+                mfu = raw_model.estimate_mfu(batch_size * n_micro, dt, peak)  # per device
                 if mfu is not None:
                     running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
             mfu_str = f"{running_mfu * 100:.2f}%" if peak else "n/a"  # unknown device: set peak_flops
             health = dict(grad_norm=norm, clipped=clipped if grad_clip != 0.0 else None, update_to_weight=update,
-                          tokens_per_s=tokens_per_iter / dt, peak_mem_mb=peak_memory(device) / 2**20)
+                          tokens_per_s=batch_tokens / dt, batch_tokens=batch_tokens,
+                          peak_mem_mb=peak_memory(device) / 2**20)
             # progress, and the time left at this process's pace so far (evaluations included)
             left = (t1 - t_start) / (local_iter_num + 1) * (max_iters - iter_num)
             done = int(1000 * iter_num / max(max_iters, 1)) / 10  # rounded down: 100% only at the end
+            clip_str = f" (clipped {clipped:.0%})" if grad_clip != 0.0 else ""
+            ramp_str = f", batch {batch_tokens:,} tokens" if batch_ramp_tokens else ""
             print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_str}, grad norm {norm:.3f}"
-                  f"{f' (clipped {clipped:.0%})' if grad_clip != 0.0 else ''}, update/weight {update:.2e}, "
-                  f"{health['tokens_per_s']:,.0f} tok/s, peak mem {health['peak_mem_mb']:,.0f}MB, {done:.1f}%, "
-                  f"{format_duration(left)} left")
+                  f"{clip_str}, update/weight {update:.2e}, {health['tokens_per_s']:,.0f} tok/s{ramp_str}, "
+                  f"peak mem {health['peak_mem_mb']:,.0f}MB, {done:.1f}%, {format_duration(left)} left")
             metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr,
                         **health)
             if wandb_log:

@@ -161,6 +161,7 @@ def test_no_unsafe_load_in_the_code():
     (['--dropout=1.5'], 'dropout must be in [0, 1), got 1.5'),
     (['--max_iters=-1'], 'max_iters must be >= 0, got -1'),
     (['--learning_rate=nan'], 'learning_rate must be finite and positive, got nan'),
+    (['--batch_ramp_tokens=100', '--batch_ramp_start=5'], 'batch_ramp_start (5) must be between 1 and gradient_accumulation_steps (1)'),
 ])
 def test_train_bad_input_is_one_line_and_checkpoint_untouched(trained, args, expected):
     # TINY's settings come first, the bad one last; the checkpoint in out/ has n_layer=2, block_size=16

@@ -85,5 +85,5 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
     with open(glob.glob(os.path.join(repo, 'wandb', 'offline-run-*', 'run-*.wandb'))[0], 'rb') as f:
         record = f.read()
     for key in ('grad_norm', 'clipped', 'update_to_weight', 'update_to_weight/group0', 'update_to_weight/group1',
-                'tokens_per_s', 'peak_mem_mb'):
+                'tokens_per_s', 'batch_tokens', 'peak_mem_mb'):
         assert f'health/{key}'.encode() in record, key

@@ -1,12 +1,14 @@
 """
 End to end, as a user runs it: train.py writes a checkpoint, init_from=resume continues it
-(bit for bit), sample.py prints text from it, and checkpoints written by nanoGPT (with
-'_orig_mod.' prefixes) still resume and sample. Run: python -m pytest tests/test_train.py
+(bit for bit, also in the middle of a batch-size ramp), sample.py prints text from it, and
+checkpoints written by nanoGPT (with '_orig_mod.' prefixes) still resume and sample. Run: python -m pytest tests/test_train.py
 """
 import json
+import math
 import os
 import re
 
+import pytest
 import torch
 
 from conftest import TINY, iter_losses, run
@@ -116,3 +118,28 @@ def test_wandb_offline_logs_and_resumes_same_run(repo):
     runs = [d for d in os.listdir(os.path.join(repo, 'wandb')) if d.startswith('offline-run-')]
     assert len(runs) == 2 and all(d.endswith(run_id) for d in runs), runs
     assert all(os.path.exists(os.path.join(repo, 'wandb', d, f'run-{run_id}.wandb')) for d in runs)
+
+
+def test_batch_ramp_grows_in_micro_batches_follows_tokens_and_resumes_exactly(repo):
+    """
+    batch_ramp_tokens=500 from 1 micro-batch of 64 tokens to 4: each iteration takes
+    int(1 + 3 * tokens / 500) micro-batches until 500 tokens are seen; the learning rate follows
+    tokens seen (in full 256-token batches); a run stopped in the middle of the ramp resumes bit for bit.
+    """
+    args = [*TINY, '--gradient_accumulation_steps=4', '--batch_ramp_tokens=500', '--eval_interval=4', '--dropout=0.1']
+    straight = run(repo, 'train.py', *args, '--max_iters=8', '--out_dir=straight').stdout
+    run(repo, 'train.py', *args, '--max_iters=4', '--out_dir=stopped')
+    resumed = run(repo, 'train.py', *args, '--max_iters=8', '--out_dir=stopped', '--init_from=resume').stdout
+    sizes = [int(b.replace(',', '')) for b in re.findall(r'^iter \d+: .*, batch ([\d,]+) tokens, ', straight, re.M)]
+    assert sizes == [64, 64, 64, 128, 128, 192, 256, 256, 256], sizes  # seen before: 0, 64, 128, 192, 320, 448, 640...
+    lrs = [r['lr'] for r in records(os.path.join(repo, 'straight', 'metrics.jsonl')) if 'loss' in r]
+    seen = [sum(sizes[:i]) / 256 for i in range(len(sizes))]  # full batches of tokens before each iteration
+    expected = [1e-3 * (x + 1) / 3 if x < 2 else 6e-5 + 0.5 * (1 + math.cos(math.pi * (x - 2) / 18)) * (1e-3 - 6e-5)
+                for x in seen]  # TINY: warmup 2, decay to 20, min_lr 6e-5
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    a, b = iter_losses(straight), iter_losses(resumed)
+    assert sorted(b) == list(range(4, 9)) and all(a[i] == b[i] for i in b)
+    assert re.findall(r'batch ([\d,]+) tokens', resumed) == [str(s) for s in sizes[4:]]
+    wa = torch.load(os.path.join(repo, 'straight', 'ckpt.pt'), weights_only=True)['model']
+    wb = torch.load(os.path.join(repo, 'stopped', 'ckpt.pt'), weights_only=True)['model']
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
