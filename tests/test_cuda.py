@@ -1,0 +1,53 @@
+"""
+GPU checks, deselected by default so that the CPU suite reports nothing skipped. On a machine with
+a CUDA GPU: python -m pytest -m cuda
+A tiny model trains on CUDA with bfloat16 autocast, with float16 and its gradient scaler, and with
+torch.compile, then samples there; DDP runs over NCCL (one process per GPU, up to two); eval.py
+scores HellaSwag on CUDA as it does on the CPU.
+"""
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import REPO, TINY, iter_losses, run
+
+pytestmark = pytest.mark.cuda
+CUDA = [a for a in TINY if a != '--device=cpu'] + ['--device=cuda']
+
+
+@pytest.mark.parametrize('dtype,compile', [('bfloat16', False), ('float16', False), ('bfloat16', True)])
+def test_train_and_sample_on_cuda(repo, dtype, compile):
+    out = run(repo, 'train.py', *CUDA, f'--dtype={dtype}', f'--compile={compile}', '--max_iters=30',
+              '--eval_interval=30', '--out_dir=out', timeout=600).stdout
+    assert f'device: cuda:0, dtype: {dtype}' in out
+    losses = iter_losses(out)
+    assert losses[30] < losses[0], losses
+    assert 'peak mem' in out
+    sample = run(repo, 'sample.py', '--out_dir=out', '--device=cuda', '--num_samples=2', '--max_new_tokens=20').stdout
+    assert sample.count('---------------') == 2
+
+
+def test_ddp_over_nccl_matches_one_process(repo):
+    n = min(2, torch.cuda.device_count())
+    args = [*CUDA, '--dtype=float32', '--gradient_accumulation_steps=2', '--max_iters=8', '--eval_interval=8']
+    one = iter_losses(run(repo, 'train.py', *args, '--out_dir=one').stdout)
+    ddp = run(repo, 'torchrun', '--standalone', f'--nproc_per_node={n}', 'train.py', *args, '--out_dir=ddp').stdout
+    assert 'device: cuda:0' in ddp
+    many = iter_losses(ddp)
+    assert sorted(many) == list(range(9)) and max(abs(one[i] - many[i]) for i in one) < 1e-3
+
+
+def test_eval_on_cuda_equals_cpu(tmp_path):
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).save_pretrained(tmp_path / 'gpt2')
+    rows = [{'ctx': 'A man is sitting on a roof. He', 'label': 3,
+             'endings': ['is using wrap.', 'is ripping tiles off.', "is holding a cube.", 'starts pulling up roofing.']}] * 4
+    (tmp_path / 'hs.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    results = {}
+    for device in ('cpu', 'cuda'):
+        run(REPO, 'eval.py', f'--init_from={tmp_path / "gpt2"}', f'--data_file={tmp_path / "hs.jsonl"}',
+            f'--device={device}', '--dtype=float32', f'--out_dir={tmp_path / device}')
+        results[device] = json.loads((tmp_path / device / 'eval_hellaswag.json').read_text())
+    assert results['cuda']['acc_norm'] == results['cpu']['acc_norm'] and results['cuda']['examples'] == 4
