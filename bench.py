@@ -4,6 +4,8 @@ $ python bench.py                                          # GPT-2 124M shape, o
 $ python bench.py config/train_shakespeare_char_cpu.py     # exactly what that config trains
 $ python bench.py --profile=True                           # where the time goes (torch profiler)
 $ python bench.py --mode=generate                          # sampling: KV cache vs no cache vs transformers
+$ python bench.py --mode=memory config/train_gpt2.py       # per-process training state, DDP vs FSDP
+$ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and measured
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
 import os
@@ -11,8 +13,9 @@ import time
 
 import torch
 
-from common import (fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
-                    peak_flops as find_peak_flops, peak_memory, script_settings, setup_device)
+from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
+                    peak_flops as find_peak_flops, peak_memory, script_settings, setup_device, shard_model,
+                    start_ddp)
 from dataloader import get_batch, load_meta
 from model import GPT, GPTConfig
 from util import die
@@ -23,16 +26,19 @@ gradient_accumulation_steps = 1  # one micro-batch per step unless a config file
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
 profile = False  # use pytorch profiler, or just simple benchmarking?
-mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'
+mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'; 'memory'
 max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
 num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
+parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-if mode not in ('train', 'generate'):
-    die(f"mode must be 'train' or 'generate', got '{mode}'")
+if mode not in ('train', 'generate', 'memory'):
+    die(f"mode must be 'train', 'generate' or 'memory', got '{mode}'")
+if parallelism not in ('ddp', 'fsdp'):
+    die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens', 'n_layer',
              'n_head', 'n_embd'):
     if globals()[name] <= 0:
@@ -40,7 +46,8 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_ste
 if n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 torch.manual_seed(seed)
-device, dtype, ctx = setup_device(device, dtype)
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
+device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
 
 
 def sync():
@@ -101,6 +108,36 @@ if mode == 'generate':
                 print(f"{B:>5} {name:<22} {tps:>9.1f} {first * 1000:>10.1f}ms {mem:>7.0f}MB", flush=True)
             print(f"{B:>5} KV cache vs transformers: {results['ours, KV cache'] / results['transformers generate']:.2f}x, "
                   f"vs no cache: {results['ours, KV cache'] / results['ours, no cache']:.2f}x")
+elif mode == 'memory':
+    # what training keeps on each process between steps: float32 weights, their gradients and AdamW's
+    # two moments, 16 bytes a parameter under DDP on every process; FSDP shards all of it N ways
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          bias=bias)).to(device)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{n:,} parameters; weights + gradients + AdamW state per process (activations not included):")
+    for world in (1, 8):
+        print(f"{world:>3} processes: DDP {16 * n / 2**30:8.2f} GiB, FSDP {16 * n / world / 2**30:8.2f} GiB")
+    if ddp:  # measured: one training step on this process's share
+        from torch.distributed.tensor import DTensor
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        start_ddp(device)
+        wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
+            DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
+        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+        local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
+        x = torch.randint(50304, (batch_size, block_size), device=device)
+        with ctx:
+            _, loss = wrapped(x, x)
+        loss.backward()
+        grads = local(p.grad for p in model.parameters())
+        optimizer.step()
+        state = local(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+        weights = local(model.parameters())
+        if ddp_rank == 0:
+            print(f"measured on rank 0 of {ddp_world_size} ({parallelism}): weights {weights / 2**20:.1f} MiB, "
+                  f"gradients {grads / 2**20:.1f} MiB, AdamW state {state / 2**20:.1f} MiB, "
+                  f"total {(weights + grads + state) / 2**20:.1f} MiB")
+        end_ddp()
 else:
     # data loading init
     data_dir = os.path.join('data', dataset)

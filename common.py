@@ -280,6 +280,27 @@ def start_ddp(device, backend='auto'):
                             rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']))
 
 
+def shard_model(model, device, dtype):
+    """
+    FSDP2 (torch.distributed.fsdp.fully_shard) over the torchrun group: each transformer block, then
+    the root (torchtitan's order), so every process keeps 1/N of the weights, gradients and optimizer
+    state, and a block's weights are gathered only while it runs. On GPUs the gathered weights are
+    in the autocast dtype and gradients are reduced in float32; on CPUs (gloo) all stays float32. The
+    tied wte/lm_head weight lives in the root unit and stays one parameter.
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    policy = MixedPrecisionPolicy()
+    if device.type == 'cuda' and dtype != 'float32':
+        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
 def end_ddp(before_exit=None):
     """
     Leave the torchrun process group at the end of a script: every rank waits at a barrier (gloo

@@ -1,10 +1,11 @@
 """
-bench.py on CPU: synthetic and real data, any config file, and the profiler.
+bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs FSDP).
 Run: python -m pytest tests/test_bench.py
 """
 import os
 import re
 
+import pytest
 import torch
 
 import common
@@ -48,3 +49,28 @@ def test_peak_flops_of_known_gpus_by_dtype(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'Some Future GPU')
     assert common.peak_flops(GPU, 'bfloat16') is None
     assert common.peak_flops(torch.device('cpu'), 'float32') is None  # bench.py measures a CPU instead
+
+
+def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):
+    """
+    bench.py --mode=memory: the per-process table (16 bytes a parameter under DDP, a 1/N share under
+    FSDP), and under torchrun with 2 processes the measured weights, gradients and AdamW state of
+    rank 0 after one step: FSDP2's share is half of DDP's full copy.
+    """
+    args = ['--mode=memory', *SMALL]
+    table = run(repo, 'bench.py', *args).stdout
+    n = int(re.search(r'^([\d,]+) parameters', table, re.M).group(1).replace(',', ''))
+    ddp8, fsdp8 = map(float, re.search(r'8 processes: DDP\s+([\d.]+) GiB, FSDP\s+([\d.]+) GiB', table).groups())
+    assert ddp8 == pytest.approx(16 * n / 2**30, abs=0.01) and fsdp8 == pytest.approx(ddp8 / 8, abs=0.01)
+    totals = {}
+    for parallelism in ('ddp', 'fsdp'):
+        out = run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'bench.py', *args,
+                  f'--parallelism={parallelism}').stdout
+        m = re.search(rf'measured on rank 0 of 2 \({parallelism}\): weights ([\d.]+) MiB, gradients ([\d.]+) MiB, '
+                      rf'AdamW state ([\d.]+) MiB, total ([\d.]+) MiB', out)
+        assert m, out
+        weights, grads, state, total = map(float, m.groups())
+        assert grads == weights and state == pytest.approx(2 * weights, abs=0.1)
+        totals[parallelism] = total
+    assert totals['ddp'] == pytest.approx(16 * n / 2**20, rel=0.01)
+    assert totals['fsdp'] == pytest.approx(totals['ddp'] / 2, rel=0.02)
