@@ -210,27 +210,36 @@ def for_inference(model, device, dtype, batch_size=1):
     return model
 
 
-def optimizer_step(model, optimizer, scaler, grad_clip):
+def optimizer_step(model, optimizer, scaler, grad_clip, measure=False):
     """
     The end of a training step, as train.py and bench.py take it: clip the gradient norm at
     grad_clip (0: no clipping; unscaled first under float16's GradScaler), step the optimizer and
     the scaler, and free the gradients' memory. Returns the gradient norm before clipping, a tensor
-    on the device (reading it waits for the device: train.py does so at log lines only).
+    on the device (reading it waits for the device: train.py does so at log lines only); without
+    clipping it is computed only when measure is set, else None.
     """
     scaler.unscale_(optimizer)
-    # with no clipping the norm is still measured; the gradients are multiplied by exactly 1
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip else float('inf'))
+    norm = None
+    if grad_clip != 0.0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    elif measure:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     scaler.step(optimizer)  # skipped by the scaler if float16 gradients overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return norm
 
 
+def weights_before_step(optimizer):
+    """A copy of the weights each parameter group holds, for update_to_weight after the step."""
+    return [[p.detach().clone() for p in group['params']] for group in optimizer.param_groups]
+
+
 def update_to_weight(optimizer, before):
     """
     How far the last step moved the weights: the RMS of the update over the RMS of the weights,
     overall and per parameter group, as tensors on the device. before is the groups' weights as
-    copied just before the step ([[tensor]] per group). ~1e-3 is the usual healthy size for AdamW.
+    copied just before the step (weights_before_step). ~1e-3 is the usual healthy size for AdamW.
     """
     updates, weights = [], []
     for group, old in zip(optimizer.param_groups, before):  # foreach: a few kernels per group, not per tensor
@@ -325,8 +334,8 @@ def end_ddp(before_exit=None):
 # -----------------------------------------------------------------------------
 # speed: MFU against a peak, progress
 
-# dense peak FLOP/s of known GPUs, by substring of torch.cuda.get_device_name(): (name, bfloat16/float16 tensor cores, float32 with TF32, which
-# setup_device allows; V100 and T4 have no TF32, so theirs is plain float32)
+# dense peak FLOP/s of known GPUs, by substring of torch.cuda.get_device_name(): (name, bfloat16/float16
+# tensor cores, float32 with TF32, which setup_device allows; V100 and T4 have no TF32: plain float32)
 PEAK_FLOPS = [
     ('H200', 989e12, 494e12), ('H100 PCIe', 756e12, 378e12), ('H100', 989e12, 494e12), ('A100', 312e12, 156e12),
     ('L40S', 362e12, 181e12), ('L4', 121e12, 60e12), ('A10', 125e12, 62.5e12), ('V100', 125e12, 15.7e12),

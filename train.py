@@ -30,7 +30,8 @@ import tasks
 from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, load_optimizer_state, lock_out_dir,
                          model_from_checkpoint, save_checkpoint)
 from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe_compile, optimizer_step,
-                    peak_flops as find_peak_flops, peak_memory, setup_device, start_ddp, update_to_weight)
+                    peak_flops as find_peak_flops, peak_memory, setup_device, start_ddp, update_to_weight,
+                    weights_before_step)
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
 from model import GPT, GPTConfig
 from util import die
@@ -401,9 +402,8 @@ while True:
     # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients; at a log
     # iteration the weights from before the step are kept, to measure the step's size
     log_now = iter_num % log_interval == 0
-    before = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups] \
-        if log_now and master_process else None
-    grad_norm = optimizer_step(model, optimizer, scaler, grad_clip)  # before clipping, on device
+    before = weights_before_step(optimizer) if log_now and master_process else None
+    grad_norm = optimizer_step(model, optimizer, scaler, grad_clip, measure=before is not None)  # before clipping
     if grad_clip != 0.0 and master_process:
         clipped_steps += grad_norm > grad_clip
     steps_since_log += 1

@@ -70,7 +70,7 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
                      torch.device('cpu'))
     optimizer = model.configure_optimizers(0.1, 1e-3 / 3, (0.9, 0.95))  # warmup: lr * (0 + 1) / (2 + 1)
     model(X, Y)[1].backward()
-    before = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups]
+    before = common.weights_before_step(optimizer)
     norm = common.optimizer_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), 0.5)
     update, _ = common.update_to_weight(optimizer, before)
     assert float(lines[0][2]) == pytest.approx(norm.item(), abs=2e-3)
