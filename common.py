@@ -280,13 +280,15 @@ def start_ddp(device, backend='auto'):
     import torch.distributed as dist
     if backend == 'auto':
         backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    # naming the GPU binds NCCL's communicator to it (without, barrier() warns that it guesses)
+    gpu = {'device_id': device} if device.type == 'cuda' else {}
     attempt = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
     if attempt == 0 or os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != 'True':
-        dist.init_process_group(backend=backend)  # env://: a first attempt, or a store that is new each time
+        dist.init_process_group(backend=backend, **gpu)  # env://: a first attempt, or a store new each time
         return
     store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), is_master=False)
     dist.init_process_group(backend=backend, store=dist.PrefixStore(f'attempt_{attempt}', store),
-                            rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']))
+                            rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']), **gpu)
 
 
 def shard_model(model, device, dtype):
