@@ -7,7 +7,9 @@ the run cleanly, and metrics.jsonl.
 import json
 import os
 import pickle
+import shutil
 import sys
+import warnings
 
 import torch
 
@@ -66,21 +68,76 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state):
     If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays. A Ctrl-C
     meanwhile (exit_on_interrupt) takes effect once the save is complete.
     """
-    global _saving
     name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
-    existed = os.path.exists(os.path.join(out_dir, name))  # a resumed run saving its first iteration again
+    path = os.path.join(out_dir, name)
+    existed = os.path.exists(path)  # a resumed run saving its first iteration again
+
+    def discard():
+        if not existed:
+            os.remove(path)
+    _save_pair(out_dir, checkpoint, name, lambda: _atomic_save(optimizer_state, path), discard)
+
+
+def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):
+    """
+    save_checkpoint for an FSDP run; every process calls it. ckpt.pt is today's file, with the
+    whole weights gathered on rank 0 (checkpoint is None on the other ranks); the optimizer state
+    is never gathered: each process writes its shard into the folder out_dir/optimizer-<iter>
+    through torch.distributed.checkpoint (DCP), which reshards it for any number of processes on
+    load (restore_optimizer). As with one file, the folder is complete before ckpt.pt names it and
+    the previous one goes last. The folder's name is new at each save (rank 0 picks it), so a run
+    saving the iteration it resumed from never writes into the folder its ckpt.pt names.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    seen = {}  # a weight under two names (wte and lm_head) is stored once, as state_dict() has it
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen and n in weights:
+            weights[n] = weights[seen[id(p)]]
+        seen.setdefault(id(p), n)
+    name = [None]
+    if checkpoint is not None:
+        name[0] = f"optimizer-{checkpoint['iter_num']:08d}"
+        k = 1
+        while os.path.exists(os.path.join(out_dir, name[0])):
+            name[0] = f"optimizer-{checkpoint['iter_num']:08d}-{k}"
+            k += 1
+    dist.broadcast_object_list(name, src=0)
+    name = name[0]
+    path = os.path.join(out_dir, name)
+
+    def write():
+        try:
+            dcp.save({'optimizer': get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
+        except Exception as e:
+            if checkpoint is not None:
+                shutil.rmtree(path, ignore_errors=True)
+            die(f"cannot write {path}: {str(e).splitlines()[0][:200]}; the previous checkpoint is untouched")
+
+    def discard():
+        shutil.rmtree(path, ignore_errors=True)
+    _save_pair(out_dir, checkpoint and {**checkpoint, 'model': weights}, name, write, discard)
+
+
+def _save_pair(out_dir, checkpoint, name, write_optimizer, discard):
+    """The optimizer state (name in out_dir), then ckpt.pt naming it (if checkpoint), then the old state goes."""
+    global _saving
     _saving = True
     try:
-        _atomic_save(optimizer_state, os.path.join(out_dir, name))
-        try:
-            _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
-        except BaseException:
-            if not existed:
-                os.remove(os.path.join(out_dir, name))
-            raise
-        for f in os.listdir(out_dir):
-            if f.startswith('optimizer-') and f != name:
-                os.remove(os.path.join(out_dir, f))
+        write_optimizer()
+        if checkpoint is not None:
+            try:
+                _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+            except BaseException:
+                discard()
+                raise
+            for f in os.listdir(out_dir):
+                if f.startswith('optimizer-') and f != name:
+                    old = os.path.join(out_dir, f)
+                    shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
     finally:
         _saving = False
     if _stop is not None:
@@ -118,6 +175,43 @@ def load_optimizer_state(out_dir, checkpoint, trust=False):
     if not os.path.isfile(path):
         die(f"{path}, the optimizer state of {os.path.join(out_dir, 'ckpt.pt')}, is missing")
     return _load(path, trust)
+
+
+def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False):
+    """
+    Put the optimizer (and fp16 scaler) state saved with checkpoint into optimizer, whatever the
+    layout of the run that saved it and of this one: a folder written by an FSDP run is read
+    through DCP, which reshards it to this run's processes (FSDP with any number, DDP or one
+    process); a whole state (one process or DDP, or nanoGPT's) is loaded as it is, or, into an
+    FSDP model, spread over its shards. model is the plain or FSDP module, not a DDP/compile wrapper.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+    name = checkpoint.get('optimizer_file')
+    if name and os.path.isdir(os.path.join(out_dir, name)):
+        import torch.distributed.checkpoint as dcp
+        state = {'optimizer': get_optimizer_state_dict(model, optimizer)}  # this run's layout, to load into
+        try:
+            with warnings.catch_warnings():  # one process reading shards is what we mean (torch warns even so)
+                warnings.filterwarnings('ignore', 'torch.distributed is disabled')
+                dcp.load(state, checkpoint_id=os.path.join(out_dir, name), no_dist=not torch.distributed.is_initialized())
+        except Exception as e:
+            die(f"cannot read {os.path.join(out_dir, name)}: {str(e).splitlines()[0][:200]}")
+        set_optimizer_state_dict(model, optimizer, state['optimizer'])
+        return
+    state = load_optimizer_state(out_dir, checkpoint, trust)
+    if any(hasattr(p, 'device_mesh') for p in model.parameters()):  # sharded by FSDP (DTensors)
+        # torch's state_dict API names parameters where optimizer.state_dict() numbers them
+        names = {id(p): n for n, p in model.named_parameters()}
+        order = [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+        whole = {'state': {order[i]: v for i, v in state['optimizer']['state'].items()},
+                 'param_groups': [{**g, 'params': [order[i] for i in g['params']]}
+                                  for g in state['optimizer']['param_groups']]}
+        set_optimizer_state_dict(model, optimizer, whole, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state['optimizer'])
+    if state.get('scaler'):
+        scaler.load_state_dict(state['scaler'])
 
 
 def model_from_checkpoint(checkpoint, **overrides):

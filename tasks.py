@@ -62,13 +62,20 @@ def score_endings(model, ctx_ids, endings_ids, block_size, device):
     return total, total / n
 
 
-def evaluate_hellaswag(model, examples, encode, block_size, device, ctx, rank=0, world_size=1):
-    """Counts {'examples', 'correct', 'correct_norm', 'tokens'} over this rank's share of examples."""
+def evaluate_hellaswag(model, examples, encode, block_size, device, ctx, rank=0, world_size=1, lockstep=False):
+    """
+    Counts {'examples', 'correct', 'correct_norm', 'tokens'} over this rank's share of examples.
+    lockstep (FSDP, where each forward is a collective): every rank takes as many forwards, those
+    short of a share scoring one more example that they do not count.
+    """
     counts = dict(examples=0, correct=0, correct_norm=0, tokens=0)
-    for i in range(rank, len(examples), world_size):
-        ctx_ids, endings, label = hellaswag_example(examples[i], encode)
+    end = -(-len(examples) // world_size) * world_size if lockstep else len(examples)
+    for i in range(rank, end, world_size):
+        ctx_ids, endings, label = hellaswag_example(examples[i % len(examples)], encode)
         with ctx:
             total, mean = score_endings(model, ctx_ids, endings, block_size, device)
+        if i >= len(examples):
+            continue
         counts['examples'] += 1
         counts['correct'] += int(total.argmin().item() == label)
         counts['correct_norm'] += int(mean.argmin().item() == label)

@@ -7,6 +7,7 @@ $ python train.py --batch_size=32
 
 To run with DDP on 4 gpus on 1 node, example:
 $ torchrun --standalone --nproc_per_node=4 train.py
+To shard the weights, gradients and optimizer state over them instead (FSDP2), add --parallelism=fsdp
 
 To run with DDP on 4 gpus across 2 nodes, example:
 - Run on the first (master) node with example IP 123.456.123.456:
@@ -27,11 +28,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, load_optimizer_state, lock_out_dir,
-                         model_from_checkpoint, save_checkpoint)
+from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, lock_out_dir, model_from_checkpoint,
+                         restore_optimizer, save_checkpoint, save_sharded_checkpoint)
 from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe_compile, optimizer_step,
-                    peak_flops as find_peak_flops, peak_memory, setup_device, start_ddp, update_to_weight,
-                    weights_before_step)
+                    peak_flops as find_peak_flops, peak_memory, setup_device, shard_model, start_ddp,
+                    update_to_weight, weights_before_step)
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
 from model import GPT, GPTConfig
 from util import die
@@ -85,6 +86,7 @@ device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1'
 dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
+parallelism = 'ddp'  # under torchrun: 'ddp' (a whole copy per process) or 'fsdp' (FSDP2: each holds 1/N)
 seed = 1337  # batches and dropout follow from (seed, iteration, rank), so resumes are exact
 peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0 looks it up (known GPUs, for dtype)
 # -----------------------------------------------------------------------------
@@ -110,11 +112,14 @@ for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive
         die(f"{name} must be {want}, got {globals()[name]}")
 if init_from == 'scratch' and n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
+if parallelism not in ('ddp', 'fsdp'):
+    die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
 if decay_lr and lr_decay_iters <= warmup_iters:
     die(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters}), or set decay_lr=False")
 
 # various inits, derived attributes, I/O setup
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()  # is this a ddp run, and which process is this?
+fsdp = ddp and parallelism == 'fsdp'  # one process alone holds the whole model whatever the setting
 if ddp:
     if gradient_accumulation_steps % ddp_world_size:
         die(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible "
@@ -127,12 +132,15 @@ if batch_ramp_tokens and not 0 < ramp_start <= gradient_accumulation_steps:
         f"({gradient_accumulation_steps * ddp_world_size})")
 master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+if fsdp and dtype == 'float16':
+    die("parallelism='fsdp' does not run float16 (its gradient scaler is DDP's): use --dtype=bfloat16 or float32")
 if ddp:
     start_ddp(device, backend)
 micro_tokens = ddp_world_size * batch_size * block_size  # tokens of one micro-step on every process
 tokens_per_iter = gradient_accumulation_steps * micro_tokens
 if master_process:
-    print(f"device: {device}, dtype: {dtype}")
+    sharding = f", FSDP over {ddp_world_size} process{'es' if ddp_world_size > 1 else ''}" if fsdp else ""
+    print(f"device: {device}, dtype: {dtype}{sharding}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
     if batch_ramp_tokens:
         print(f"batch ramp: from {ramp_start * micro_tokens:,} tokens per iteration to {tokens_per_iter:,} over the "
@@ -247,6 +255,8 @@ for split, data in (('train', train_data), ('val', val_data)):
 model.to(device)
 fast_cpu_matmuls(model, device, dtype)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+if fsdp:
+    shard_model(model, device, dtype)  # in place, before the optimizer: it must hold the shards
 
 # initialize a GradScaler. If enabled=False scaler is a no-op
 scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
@@ -254,18 +264,14 @@ scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 # optimizer
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
 if checkpoint is not None:
-    state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint)
-    optimizer.load_state_dict(state['optimizer'])
-    if state.get('scaler'):
-        scaler.load_state_dict(state['scaler'])
-    state = None
+    restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust_checkpoint)
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
 checkpoint = None  # free up memory
 
-# raw_model is the plain module: it is what gets saved, so checkpoints carry no prefixes
+# raw_model is the plain (or FSDP) module: it is what gets saved, so checkpoints carry no prefixes
 raw_model = model
 model = maybe_compile(model, compile, device)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
 peak = find_peak_flops(device, dtype, peak_flops)
 
@@ -276,15 +282,18 @@ def estimate_loss():
     out = {}
     model.eval()
     for split, data in (('train', train_data), ('val', val_data)):
-        losses = torch.zeros(eval_iters, device=device)  # on device: one sync per split, not per batch
+        losses = torch.zeros(eval_iters, device=device)  # on device: one sync for both splits, not one per batch
         for k in range(eval_iters):
             X, Y = get_batch(data, batch_size, block_size, (seed, 1, k), device, vocab_size)
             with ctx:
                 logits, loss = model(X, Y)
             losses[k] = loss.float()
-        out[split] = losses.mean().item()
+        out[split] = losses.mean()
     model.train()
-    return out
+    means = torch.stack([out['train'], out['val']])
+    if fsdp:  # every process saw the same batches; rank 0's figures decide for all (whether to save)
+        dist.broadcast(means, 0)
+    return dict(zip(('train', 'val'), means.tolist()))
 
 
 def get_lr(it):
@@ -332,13 +341,15 @@ while True:
     for param_group in optimizer.param_groups:
         param_group['lr'] = lr
 
-    # evaluate the loss on train/val sets and write checkpoints
-    if iter_num % eval_interval == 0 and master_process:
+    # evaluate the loss on train/val sets and write checkpoints (under FSDP every process takes part:
+    # its forwards and the gathering of the weights are collectives; all see the same batches)
+    if iter_num % eval_interval == 0 and (master_process or fsdp):
         stop_if_not_finite()
         losses = estimate_loss()
-        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        metrics.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
-        if wandb_log:
+        if master_process:
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            metrics.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
+        if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                        "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
         if not math.isfinite(losses['val']):
@@ -349,7 +360,7 @@ while True:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
                 checkpoint = {
-                    'model': raw_model.state_dict(),
+                    'model': None if fsdp else raw_model.state_dict(),  # FSDP: gathered by the save
                     'model_args': raw_model.config.model_args(),
                     'model_options': raw_model.config.model_options(),
                     'iter_num': iter_num,
@@ -358,16 +369,20 @@ while True:
                 }
                 if wandb_run_id:
                     checkpoint['wandb_run_id'] = wandb_run_id
-                print(f"saving checkpoint to {out_dir}")
+                if master_process:
+                    print(f"saving checkpoint to {out_dir}")
                 saved_iter = iter_num  # already: a Ctrl-C during the save takes effect once it is complete
-                save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
-                                                      'scaler': scaler.state_dict() if scaler.is_enabled() else None})
+                if fsdp:
+                    save_sharded_checkpoint(out_dir, checkpoint if master_process else None, raw_model, optimizer)
+                else:
+                    save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
+                                                          'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:
         raw_model.eval()
         counts = tasks.evaluate_hellaswag(raw_model, hellaswag_examples, encode, block_size, device, ctx,
-                                          ddp_rank, ddp_world_size)
+                                          ddp_rank, ddp_world_size, lockstep=fsdp)
         raw_model.train()
         result = tasks.hellaswag_results(tasks.all_reduce_counts(counts, device))
         if master_process:
@@ -387,9 +402,11 @@ while True:
     loss_accum = torch.zeros((), device=device)
     n_micro = micro_steps(tokens_seen)  # gradient_accumulation_steps, or fewer during the batch ramp
     for micro_step in range(n_micro):
-        # under DDP, sync gradients only at the last micro step
+        # under DDP, sync gradients only at the last micro step (FSDP: reduce-scatter them only then)
         last = micro_step == n_micro - 1
-        with (model.no_sync() if ddp and not last else nullcontext()):
+        if fsdp:
+            raw_model.set_requires_gradient_sync(last)
+        with (model.no_sync() if ddp and not fsdp and not last else nullcontext()):
             with ctx:
                 logits, loss = model(X, Y)
                 loss = loss / n_micro  # scale the loss to account for gradient accumulation
@@ -402,7 +419,7 @@ while True:
     # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients; at a log
     # iteration the weights from before the step are kept, to measure the step's size
     log_now = iter_num % log_interval == 0
-    before = weights_before_step(optimizer) if log_now and master_process else None
+    before = weights_before_step(optimizer) if log_now and (master_process or fsdp) else None
     grad_norm = optimizer_step(model, optimizer, scaler, grad_clip, measure=before is not None)  # before clipping
     if grad_clip != 0.0 and master_process:
         clipped_steps += grad_norm > grad_clip
@@ -419,9 +436,12 @@ while True:
             dist.all_reduce(loss_accum)
             loss_accum /= ddp_world_size
         stop_if_not_finite()
+        if fsdp:  # the weights are sharded: every process adds its part of the update's size
+            update, group_updates = update_to_weight(optimizer, before, sharded=True)
+        elif master_process:
+            update, group_updates = update_to_weight(optimizer, before)
         if master_process:
             # the loss and the training's health, read from the device at once (one sync, only every log_interval)
-            update, group_updates = update_to_weight(optimizer, before)
             lossf, norm, clipped, update, *group_updates = torch.stack(
                 [loss_accum, grad_norm, clipped_steps / steps_since_log, update, *group_updates]).float().tolist()
             before = None

@@ -2,8 +2,9 @@
 GPU checks, deselected by default so that the CPU suite reports nothing skipped. On a machine with
 a CUDA GPU: python -m pytest -m cuda
 A tiny model trains on CUDA with bfloat16 autocast, with float16 and its gradient scaler, and with
-torch.compile, then samples there; DDP runs over NCCL (one process per GPU, up to two); eval.py
-scores HellaSwag on CUDA as it does on the CPU.
+torch.compile, then samples there; DDP runs over NCCL (one process per GPU, up to two); FSDP
+trains with bfloat16 and torch.compile, resumes and samples; eval.py scores HellaSwag on CUDA as it
+does on the CPU.
 """
 import json
 
@@ -37,6 +38,21 @@ def test_ddp_over_nccl_matches_one_process(repo):
     assert 'device: cuda:0' in ddp
     many = iter_losses(ddp)
     assert sorted(many) == list(range(9)) and max(abs(one[i] - many[i]) for i in one) < 1e-3
+
+
+def test_fsdp_on_cuda_with_bfloat16_and_compile_resumes_and_samples(repo):
+    n = min(2, torch.cuda.device_count())
+    args = [*CUDA, '--dtype=bfloat16', '--compile=True', '--parallelism=fsdp', '--gradient_accumulation_steps=2',
+            '--eval_interval=20']
+    torchrun = ['torchrun', '--standalone', f'--nproc_per_node={n}', 'train.py']
+    out = run(repo, *torchrun, *args, '--max_iters=20', '--out_dir=fsdp', timeout=600).stdout
+    assert 'dtype: bfloat16, FSDP' in out
+    losses = iter_losses(out)
+    assert losses[20] < losses[0], losses
+    resumed = run(repo, *torchrun, *args, '--max_iters=24', '--out_dir=fsdp', '--init_from=resume', timeout=600).stdout
+    assert sorted(iter_losses(resumed)) == list(range(20, 25))
+    sample = run(repo, 'sample.py', '--out_dir=fsdp', '--device=cuda', '--num_samples=1', '--max_new_tokens=20').stdout
+    assert sample.count('---------------') == 1
 
 
 def test_eval_on_cuda_equals_cpu(tmp_path):

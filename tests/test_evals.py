@@ -170,9 +170,15 @@ def test_hellaswag_during_training(gpt2_dir, fixtures, tmp_path):
     prepare_dataset(repo, 'shakespeare', 'shakespeare')  # GPT-2 BPE
     os.makedirs(os.path.join(repo, 'data', 'hellaswag'))
     shutil.copy(fixtures / 'hellaswag.jsonl', os.path.join(repo, 'data', 'hellaswag', 'hellaswag_val.jsonl'))
-    out = run(repo, 'train.py', f'--init_from={gpt2_dir}', '--dataset=shakespeare', '--block_size=32', '--batch_size=2',
-              '--gradient_accumulation_steps=1', '--max_iters=4', '--eval_interval=4', '--eval_iters=1',
-              '--hellaswag_interval=2', '--device=cpu', '--out_dir=out').stdout
+    args = [f'--init_from={gpt2_dir}', '--dataset=shakespeare', '--block_size=32', '--batch_size=2',
+            '--gradient_accumulation_steps=2', '--max_iters=4', '--eval_interval=4', '--eval_iters=1',
+            '--hellaswag_interval=2', '--device=cpu']
+    out = run(repo, 'train.py', *args, '--out_dir=out').stdout
     lines = [l for l in out.splitlines() if 'hellaswag' in l]
     assert [l.split(':')[0] for l in lines] == ['step 0', 'step 2', 'step 4']
     assert all('(5 examples)' in l for l in lines)
+    # FSDP: 5 examples over 2 processes, whose forwards must pair up (one scores a sixth, uncounted)
+    fsdp = run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, '--parallelism=fsdp',
+               '--out_dir=fsdp').stdout
+    fsdp_lines = [l for l in fsdp.splitlines() if 'hellaswag' in l]
+    assert fsdp_lines[0] == lines[0] and len(fsdp_lines) == 3 and all('(5 examples)' in l for l in fsdp_lines)
