@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+from transformers import GPT2LMHeadModel
 
 import checkpoints
 from conftest import TINY, iter_losses, run
@@ -48,7 +49,7 @@ def test_one_process_two_processes_and_two_nodes_give_the_same_losses(repo):
     """
     One process; two under torchrun --standalone with DDP and with FSDP; two "nodes" of one
     process each with DDP and with FSDP: the same losses and weights. FSDP's ckpt.pt is the
-    one-process file (the same names, wte and lm_head still one tensor) and samples.
+    one-process file (the same names, wte and lm_head still one tensor); it samples and exports.
     """
     args = [*TINY, '--gradient_accumulation_steps=4', '--max_iters=8', '--eval_interval=8']
     torchrun = ['torchrun', '--standalone', '--nproc_per_node=2', 'train.py']
@@ -69,6 +70,10 @@ def test_one_process_two_processes_and_two_nodes_give_the_same_losses(repo):
         assert w['lm_head.weight'].data_ptr() == w['transformer.wte.weight'].data_ptr()  # still tied
     sample = run(repo, 'sample.py', '--out_dir=fsdp', '--device=cpu', '--num_samples=1', '--max_new_tokens=10').stdout
     assert sample.count('---------------') == 1
+    run(repo, 'export.py', '--out_dir=fsdp')
+    hf = GPT2LMHeadModel.from_pretrained(os.path.join(repo, 'fsdp', 'hf'))
+    fsdp = torch.load(os.path.join(repo, 'fsdp', 'ckpt.pt'), weights_only=True)['model']
+    assert torch.equal(hf.transformer.wte.weight.detach(), fsdp['transformer.wte.weight'])
 
 
 def test_fsdp_checkpoint_resumes_in_any_number_of_processes_and_under_ddp(repo):
