@@ -17,7 +17,7 @@ from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, for_inference, maybe_c
                     peak_flops as find_peak_flops, peak_memory, script_settings, setup_device, shard_model,
                     start_ddp)
 from dataloader import get_batch, load_meta
-from model import GPT, GPTConfig
+from model import GPT, MODEL_OPTIONS, GPTConfig
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -62,7 +62,7 @@ if mode == 'generate':
     import tempfile
     from transformers import GPT2LMHeadModel
     model = GPT(GPTConfig(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          bias=bias, activation=activation)).to(device).eval()
+                          bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS})).to(device).eval()
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         hf = GPT2LMHeadModel.from_pretrained(d).to(device).eval()
@@ -123,7 +123,8 @@ elif mode == 'memory':
         start_ddp(device)
         wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
             DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
-        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
+                                               torch.bfloat16 if device.type == 'cuda' else torch.float32)
         local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
         x = torch.randint(50304, (batch_size, block_size), device=device)
         with ctx:
@@ -156,9 +157,10 @@ else:
 
     # model init
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          dropout=dropout, bias=bias, activation=activation)).to(device)
+                          dropout=dropout, bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
     onednn = fast_cpu_matmuls(model, device, dtype)  # as train.py does
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
+                                           torch.bfloat16 if device.type == 'cuda' else torch.float32)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
     raw_model = model
     model = maybe_compile(model, compile, device)

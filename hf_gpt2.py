@@ -101,6 +101,10 @@ def save_pretrained(model, directory, vocab_size=None):
     cfg = model.config
     if cfg.activation not in ('gelu', 'gelu_tanh'):
         raise ValueError(f"Hugging Face GPT-2 cannot represent activation={cfg.activation!r}")
+    for option, gpt2 in (('pos_encoding', 'learned'), ('qk_norm', False), ('norm', 'layernorm'), ('tie_weights', True),
+                         ('logit_softcap', 0.0)):
+        if getattr(cfg, option) != gpt2:
+            raise ValueError(f"Hugging Face GPT-2 cannot represent {option}={getattr(cfg, option)!r} (it has {gpt2!r})")
     vocab = vocab_size or (50257 if cfg.vocab_size == 50304 else cfg.vocab_size)
     if vocab > cfg.vocab_size:
         raise ValueError(f"vocab_size {vocab} is larger than the model's {cfg.vocab_size}")

@@ -8,6 +8,10 @@ References:
    https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
 3) nanoGPT, whose model this is, parameter name for parameter name:
    https://github.com/karpathy/nanoGPT/blob/master/model.py
+4) the options below, from the GPT-2 speedruns (modded-nanogpt) and nanochat: rotary
+   positions (Su et al. 2021, https://arxiv.org/abs/2104.09864), ALiBi (Press et al. 2021,
+   https://arxiv.org/abs/2108.12409), QK-norm, ReLU^2, RMSNorm, an untied head, zero-initialised
+   output projections and a tanh logit soft-cap
 
 Where this model differs from GPT-2 (each is a GPTConfig switch):
 - bias=False drops the biases of every Linear and LayerNorm (GPT-2 has them).
@@ -15,6 +19,10 @@ Where this model differs from GPT-2 (each is a GPTConfig switch):
   uses the tanh approximation ('gelu_tanh', Hugging Face's "gelu_new"). Models loaded
   from GPT-2 weights use 'gelu_tanh', so their logits equal Hugging Face's.
 - vocab_size may be padded (50304 instead of 50257) for faster matmuls.
+- The options of reference 4, each off by default (GPTConfig says what each does). With rotary
+  or ALiBi positions there is no wpe, and a sequence may be longer than block_size: each token
+  then attends to the last block_size tokens, itself included (a sliding window), which is what
+  lets the KV cache keep generating past block_size without recomputing anything.
 Linear weights are stored (out, in) as in torch; GPT-2 checkpoints store them (in, out)
 (its "Conv1D"), so loading and exporting (hf_gpt2.py) transposes those four matrices per block.
 """
@@ -33,7 +41,10 @@ class KVCache:
     the model one new token per step instead of the whole context again. GPT.generate makes one
     and passes it down through GPT.forward -> Block -> CausalSelfAttention; pos counts the
     positions filled (GPT.forward moves it on). Buffers are allocated at the first write, with
-    the device and dtype of the keys (so autocast works), for up to max_len positions.
+    the device and dtype of the keys (so autocast works), for max_len positions. Past max_len
+    (rotary and ALiBi only) it is a ring: position p lives in slot p % max_len, overwriting the
+    key that just left the window; attention does not care about the order of its keys, and
+    key_positions says where each slot's key came from. A write that wraps must be one token.
     """
 
     def __init__(self, n_layer, max_len):
@@ -42,15 +53,36 @@ class KVCache:
         self.pos = 0
 
     def update(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys and values so far."""
+        """Store k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys and values held."""
         B, nh, T, hs = k.shape
         if self.k is None:
             self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)  # only filled positions are read
             self.v = v.new_empty(self.n_layer, B, nh, self.max_len, hs)
-        end = self.pos + T
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, pos + T, hs)
+        assert T == 1 or self.pos + T <= self.max_len, "only single tokens wrap around the window"
+        slot, filled = self.pos % self.max_len, min(self.pos + T, self.max_len)
+        self.k[layer, :, :, slot:slot + T] = k
+        self.v[layer, :, :, slot:slot + T] = v
+        return self.k[layer, :, :, :filled], self.v[layer, :, :, :filled]  # (B, nh, filled, hs)
+
+    def key_positions(self, T, device):
+        """The positions of the keys update returns once T more are written: slot s holds the latest p = s mod max_len."""
+        last = self.pos + T - 1
+        slots = torch.arange(min(last + 1, self.max_len), device=device)
+        return last - (last - slots) % self.max_len
+
+
+def rotate(x, cos, sin):
+    """Rotary positions: each pair of dimensions (i, i + hs/2) of x (B, nh, T, hs) turned by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def alibi_slopes(n_head):
+    """ALiBi's per-head slopes: the geometric series 2^(-8/n), 2^(-16/n), ...; for n not a power of 2, the paper's interleaving."""
+    def series(n):
+        return [2 ** (-8 * (i + 1) / n) for i in range(n)]
+    closest = 2 ** math.floor(math.log2(n_head))
+    return torch.tensor(series(closest) + series(2 * closest)[0::2][:n_head - closest])
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,31 +99,39 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.layer_idx = layer_idx  # which of the cache's layers is ours
         self.spelled_out_keys = 0  # attention over up to this many keys skips SDPA (GPT.spell_out_attention)
+        self.qk_norm = config.qk_norm
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, mask=None, rotary=None):
+        """
+        mask: the (T, keys) boolean or (nh, T, keys) additive mask GPT.forward made, or None: causal
+        among these T tokens, or, for one new token after the cache's, every key the cache holds.
+        rotary: (cos, sin) of the queries' positions, or None.
+        """
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        mask, is_causal = None, True
+        if self.qk_norm:  # unit-RMS queries and keys keep the attention logits in range
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         if cache is not None:
-            pos = cache.pos
-            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, pos + T, hs): the past, then these T
-            if pos > 0:
-                # query t sees keys 0..pos+t (is_causal would align the triangle to the wrong corner);
-                # a single new token sees them all
-                is_causal = False
-                if T > 1:
-                    mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nh, keys, hs): the past, then these T
+        is_causal = mask is None and k.size(2) == T  # (is_causal would align a longer triangle wrongly)
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # an additive mask in the autocast dtype, as SDPA wants
         if k.size(2) <= self.spelled_out_keys:
             # attention spelled out: softmax(q k^T / sqrt(hs) + mask) v, the mask (0 or -inf) added by the matmul
             S = k.size(2)
             if is_causal:
                 mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril()
-            bias = torch.zeros(T, S, dtype=q.dtype, device=x.device)
-            if mask is not None:
-                bias.masked_fill_(~mask, float('-inf'))
+            if mask is None or mask.dtype == torch.bool:
+                bias = torch.zeros(T, S, dtype=q.dtype, device=x.device)
+                if mask is not None:
+                    bias.masked_fill_(~mask, float('-inf'))
+            else:  # per head (ALiBi)
+                bias = mask.repeat(B, 1, 1)  # (B * nh, T, S)
             att = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2),
                                 alpha=1.0 / math.sqrt(k.size(-1)))  # (B * nh, T, S)
             att = F.dropout(F.softmax(att, dim=-1), self.dropout, self.training)
@@ -111,24 +151,35 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
-        self.approximate = {'gelu': 'none', 'gelu_tanh': 'tanh'}[config.activation]
+        self.activation = config.activation
 
     def forward(self, x):
-        x = F.gelu(self.c_fc(x), approximate=self.approximate)
+        x = self.c_fc(x)
+        if self.activation == 'relu2':
+            x = F.relu(x).square()
+        else:
+            x = F.gelu(x, approximate='tanh' if self.activation == 'gelu_tanh' else 'none')
         return self.dropout(self.c_proj(x))
+
+
+def norm(config):
+    """The normalisation before each sublayer and at the end: GPT-2's LayerNorm or RMSNorm (with a gain)."""
+    if config.norm == 'rmsnorm':
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 class Block(nn.Module):
 
     def __init__(self, config, layer_idx=0):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, mask=None, rotary=None):
+        x = x + self.attn(self.ln_1(x), cache, mask, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -136,6 +187,8 @@ class Block(nn.Module):
 # nanoGPT's seven architecture fields: what a checkpoint's 'model_args' holds, so that
 # nanoGPT's own GPTConfig(**model_args) still accepts our checkpoints.
 MODEL_ARGS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout')
+# the rest: what a checkpoint's 'model_options' holds, and train.py settings of the same names
+MODEL_OPTIONS = ('activation', 'pos_encoding', 'qk_norm', 'norm', 'tie_weights', 'zero_init_proj', 'logit_softcap')
 
 
 @dataclass
@@ -147,15 +200,22 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout on embeddings, attention and residual branches
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    activation: str = 'gelu'  # 'gelu' (exact, nanoGPT) or 'gelu_tanh' (GPT-2's own, for its weights)
+    activation: str = 'gelu'  # 'gelu' (exact, nanoGPT), 'gelu_tanh' (GPT-2's own, for its weights) or 'relu2' (ReLU squared)
+    pos_encoding: str = 'learned'  # 'learned' (GPT-2's wpe), 'rotary' (queries and keys rotated) or 'alibi' (a distance penalty)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no parameters) before attention
+    norm: str = 'layernorm'  # 'layernorm' (GPT-2) or 'rmsnorm' (no mean subtraction, no bias)
+    tie_weights: bool = True  # lm_head is wte, as in GPT-2; False gives the head its own weights
+    zero_init_proj: bool = False  # start every projection into the residual stream (and an untied head) at zero
+    logit_softcap: float = 0.0  # squash the logits into (-cap, cap) with cap * tanh(logits / cap); 0 = off
 
     def model_args(self):
         """The nanoGPT-compatible part of the config (see MODEL_ARGS)."""
         return {k: getattr(self, k) for k in MODEL_ARGS}
 
     def model_options(self):
-        """Everything else: stored beside model_args in checkpoints."""
-        return {k: v for k, v in vars(self).items() if k not in MODEL_ARGS}
+        """The rest, stored beside model_args in checkpoints: the activation, and the options not at their defaults."""
+        return {k: getattr(self, k) for k in MODEL_OPTIONS
+                if k == 'activation' or getattr(self, k) != self.__dataclass_fields__[k].default}
 
 
 class GPT(nn.Module):
@@ -166,22 +226,41 @@ class GPT(nn.Module):
         assert config.block_size is not None
         self.config = config
 
+        for name, value, allowed in (('activation', config.activation, ('gelu', 'gelu_tanh', 'relu2')),
+                                     ('pos_encoding', config.pos_encoding, ('learned', 'rotary', 'alibi')),
+                                     ('norm', config.norm, ('layernorm', 'rmsnorm'))):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if config.pos_encoding == 'rotary' and (config.n_embd // config.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size, got {config.n_embd // config.n_head}")
+
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm(config),
         ))
+        if config.pos_encoding == 'learned':
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output projection is the token embedding (GPT-2 does this)
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:
+            # weight tying: the output projection is the token embedding (GPT-2 does this)
+            self.transformer.wte.weight = self.lm_head.weight
+        hs = config.n_embd // config.n_head
+        if config.pos_encoding == 'rotary':  # dimension pair i turns by 10000^(-2i/hs) radians per position
+            self.register_buffer('inv_freq', 10000.0 ** -(torch.arange(0, hs, 2).float() / hs), persistent=False)
+        if config.pos_encoding == 'alibi':
+            self.register_buffer('slopes', alibi_slopes(config.n_head), persistent=False)
 
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer)
         for pn, p in self.named_parameters():
             if pn.endswith('c_proj.weight'):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+        if config.zero_init_proj and not config.tie_weights:
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     def spell_out_attention(self, max_keys):
         """
@@ -198,7 +277,7 @@ class GPT(nn.Module):
         embeddings; the token embeddings stay in because they double as the lm_head.
         """
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and 'wpe' in self.transformer:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -219,31 +298,50 @@ class GPT(nn.Module):
         """
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
-        assert start + t <= self.config.block_size, f"Cannot forward sequence of length {start + t}, block size is only {self.config.block_size}"
+        window, learned = self.config.block_size, self.config.pos_encoding == 'learned'
+        assert start + t <= window or not learned, f"Cannot forward sequence of length {start + t}, block size is only {window}"
         pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)  # (T,)
 
-        tok_emb = self.transformer.wte(idx)  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C)
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if learned:
+            x = x + self.transformer.wpe(pos)  # (T, C) position embeddings
+        x = self.transformer.drop(x)
+        # each query sees the keys of the last block_size positions up to its own; mask None says so
+        # where SDPA's causal triangle or "all the cache holds" (one new token) is exactly that
+        mask = None
+        if self.config.pos_encoding == 'alibi' or (t > 1 and (start > 0 or t > window)):
+            keys = cache.key_positions(t, idx.device) if cache is not None else pos  # (S,)
+            distance = pos[:, None] - keys[None, :]  # (T, S)
+            mask = (distance >= 0) & (distance < window)
+            if self.config.pos_encoding == 'alibi':  # additive: -slope * distance, -inf where not seen
+                mask = (-self.slopes[:, None, None] * distance).masked_fill(~mask, float('-inf'))  # (nh, T, S)
+        rotary = None
+        if self.config.pos_encoding == 'rotary':
+            angles = pos[:, None].float() * self.inv_freq[None, :]  # (T, hs/2)
+            rotary = angles.cos(), angles.sin()
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, cache, mask, rotary)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += t
 
+        if targets is None:
+            x = x[:, [-1], :]  # only the last position's logits: the list index keeps the time dim
+        logits = self.lm_head(x)  # (B, T, vocab)
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits.float() / cap)
+        loss = None
         if targets is not None:
-            logits = self.lm_head(x)  # (B, T, vocab)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        else:
-            logits = self.lm_head(x[:, [-1], :])  # (B, 1, vocab): the list index keeps the time dim
-            loss = None
         return logits, loss
 
     def crop_block_size(self, block_size):
         """Model surgery: shrink the context, e.g. GPT-2's 1024 down to what a finetune uses."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if 'wpe' in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
@@ -256,9 +354,22 @@ class GPT(nn.Module):
         import hf_gpt2
         hf_gpt2.save_pretrained(self, directory, vocab_size)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas):
-        """AdamW with weight decay on the matmul and embedding weights only (2D tensors)."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02,
+                             ns_dtype=torch.float32):
+        """
+        AdamW with weight decay on the matmul and embedding weights only (2D tensors). optimizer='muon':
+        Muon (muon.py) at muon_lr for the matrices inside the blocks, AdamW for the rest; each group's
+        'lr_scale' is its learning rate over learning_rate, for the schedule to keep.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
+        if optimizer == 'muon':
+            from muon import MuonAdamW
+            inside = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2}
+            groups = [{'params': [p for p in params if id(p) in inside], 'muon': True, 'lr': muon_lr,
+                       'lr_scale': muon_lr / learning_rate},
+                      {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside], 'weight_decay': weight_decay},
+                      {'params': [p for p in params if p.dim() < 2]}]
+            return MuonAdamW(groups, lr=learning_rate, betas=betas, ns_dtype=ns_dtype)
         optim_groups = [
             {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
@@ -304,20 +415,30 @@ class GPT(nn.Module):
         tokens, top_p the smallest set whose probability reaches p. seeds (one per sequence)
         give each row its own random generator, so a batch draws what the rows would one by one.
         With use_cache, the prompt is run once into a KVCache and each step feeds one token.
-        Once the context outgrows block_size, the model conditions on the last block_size tokens,
-        exactly as without the cache: with absolute positions every step is then a full recompute.
+        Once the context outgrows block_size, with learned positions the model conditions on the
+        last block_size tokens, exactly as without the cache: every step is then a full recompute.
+        With rotary or ALiBi positions each token sees the last block_size tokens (GPT.forward's
+        window): the cache keeps going, one token per step, and without it the whole sequence is
+        recomputed with that window, to the same logits.
         """
         block_size = self.config.block_size
+        windowed = self.config.pos_encoding != 'learned'
         cache = KVCache(self.config.n_layer, block_size) if use_cache else None
         generators = None
         if seeds is not None:
             generators = [torch.Generator(idx.device).manual_seed(s) for s in seeds]
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        if cache is not None and windowed:
+            # a prompt longer than the window: as much as fits at once, then one token at a time
+            # (a write past the window's end must be a single token); its last token is the loop's
+            while idx.size(1) - cache.pos > 1 and idx.size(1) > block_size:
+                n = min(max(block_size - cache.pos, 1), idx.size(1) - cache.pos - 1)
+                self(idx[:, cache.pos:cache.pos + n], cache=cache)
         for _ in range(max_new_tokens):
-            if cache is not None and idx.size(1) <= block_size:
+            if cache is not None and (windowed or idx.size(1) <= block_size):
                 logits, _ = self(idx[:, cache.pos:], cache=cache)  # the prompt once, then one token per step
             else:
-                logits, _ = self(idx[:, -block_size:])  # recompute the (cropped) context
+                logits, _ = self(idx if windowed else idx[:, -block_size:])  # recompute the (cropped) context
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generators)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next

@@ -34,7 +34,7 @@ from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe
                     peak_flops as find_peak_flops, peak_memory, setup_device, shard_model, start_ddp,
                     update_to_weight, weights_before_step)
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
-from model import GPT, GPTConfig
+from model import GPT, MODEL_OPTIONS, GPTConfig
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -68,8 +68,17 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # do we use bias inside LayerNorm and Linear layers?
-activation = 'gelu'  # 'gelu' (exact) or 'gelu_tanh' (GPT-2's approximation)
+activation = 'gelu'  # 'gelu' (exact), 'gelu_tanh' (GPT-2's approximation) or 'relu2' (ReLU squared)
+# architecture options beyond GPT-2 (model.py's GPTConfig says what each does); the defaults are GPT-2
+pos_encoding = 'learned'  # 'learned' (GPT-2), 'rotary' or 'alibi'
+qk_norm = False
+norm = 'layernorm'  # or 'rmsnorm'
+tie_weights = True
+zero_init_proj = False
+logit_softcap = 0.0  # 0 = off
 # adamw optimizer
+optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
+muon_lr = 0.02  # Muon's max learning rate (the schedule scales it as it does learning_rate)
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
@@ -112,6 +121,8 @@ for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive
         die(f"{name} must be {want}, got {globals()[name]}")
 if init_from == 'scratch' and n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
+if optimizer not in ('adamw', 'muon'):
+    die(f"optimizer must be 'adamw' or 'muon', got '{optimizer}'")
 if parallelism not in ('ddp', 'fsdp'):
     die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
 if decay_lr and lr_decay_iters <= warmup_iters:
@@ -223,14 +234,19 @@ if init_from != 'resume' and master_process and os.path.isfile(ckpt_path):
 if init_from == 'scratch':
     if meta_vocab_size is None:
         print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                          vocab_size=meta_vocab_size or 50304, dropout=dropout, activation=activation))
+    try:
+        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
+                              vocab_size=meta_vocab_size or 50304, dropout=dropout,
+                              **{k: globals()[k] for k in MODEL_OPTIONS}))
+    except ValueError as e:
+        die(str(e))
 elif init_from == 'resume':
     print(f"Resuming training from {out_dir}")
     checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
     # the checkpoint decides the model's shape; one asked for explicitly must agree with it
-    saved = {'activation': GPTConfig.activation, **checkpoint['model_args'], **checkpoint.get('model_options', {})}
-    for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'activation'):
+    saved = {**{k: GPTConfig.__dataclass_fields__[k].default for k in MODEL_OPTIONS}, **checkpoint['model_args'],
+             **checkpoint.get('model_options', {})}
+    for k in ('n_layer', 'n_head', 'n_embd', 'bias', *MODEL_OPTIONS):
         if k in _set_keys and globals()[k] != saved[k]:
             die(f"the checkpoint in {out_dir} has {k}={saved[k]}, but {k}={globals()[k]} was asked")
     model = model_from_checkpoint(checkpoint, dropout=dropout)
@@ -262,7 +278,9 @@ if fsdp:
 scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 
 # optimizer
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2))
+# Newton-Schulz in bfloat16 only where its matmuls are fast: CUDA GPUs (on CPUs float32 is several times faster)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
+                                       torch.bfloat16 if device.type == 'cuda' else torch.float32)
 if checkpoint is not None:
     restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust_checkpoint)
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
@@ -339,7 +357,7 @@ while True:
     # determine and set the learning rate for this iteration (in full batches of tokens, with a ramp)
     lr = get_lr(tokens_seen / tokens_per_iter if batch_ramp_tokens else iter_num) if decay_lr else learning_rate
     for param_group in optimizer.param_groups:
-        param_group['lr'] = lr
+        param_group['lr'] = lr * param_group.get('lr_scale', 1.0)
 
     # evaluate the loss on train/val sets and write checkpoints (under FSDP every process takes part:
     # its forwards and the gathering of the weights are collectives; all see the same batches)
