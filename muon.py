@@ -18,18 +18,21 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(G, dtype, steps=5, eps=1e-7):
-    """The nearest semi-orthogonal matrix to G, roughly (singular values pushed into ~[0.7, 1.2]): Newton-Schulz in dtype."""
+    """
+    The nearest semi-orthogonal matrix to G (..., m, n), roughly (singular values pushed into
+    ~[0.7, 1.2]): Newton-Schulz in dtype, on a stack of same-shaped matrices at once.
+    """
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
-    tall = X.size(0) > X.size(1)
+    tall = X.size(-2) > X.size(-1)
     if tall:
-        X = X.T  # iterate on the wide side: the Gram matrix is the smaller one
-    X = X / X.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+        X = X.mT  # iterate on the wide side: the Gram matrix is the smaller one
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
-    return (X.T if tall else X).to(G.dtype)
+    return (X.mT if tall else X).to(G.dtype)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -49,35 +52,47 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         for group in self.param_groups:
             lr, wd = group['lr'], group['weight_decay']
-            for p in group['params']:
+            if group['muon']:
+                self._muon(group)
+                continue
+            for p in group['params']:  # AdamW, as torch.optim.AdamW computes it
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if group['muon']:
-                    if not state:
-                        state['momentum_buffer'] = torch.zeros_like(p)
-                    buf = state['momentum_buffer']
-                    buf.lerp_(p.grad, 1 - group['momentum'])
-                    update = p.grad.lerp(buf, group['momentum'])  # Nesterov
-                    if hasattr(update, 'full_tensor'):  # an FSDP shard: orthogonalize the whole matrix
-                        from torch.distributed.tensor import distribute_tensor
-                        whole = orthogonalize(update.full_tensor(), self.ns_dtype)
-                        update = distribute_tensor(whole, update.device_mesh, update.placements)
-                    else:
-                        update = orthogonalize(update, self.ns_dtype)
-                    p.mul_(1 - lr * wd)
-                    p.add_(update, alpha=-lr * max(1, p.size(0) / p.size(1)) ** 0.5)
-                else:  # AdamW, as torch.optim.AdamW computes it
-                    if not state:
-                        state['step'] = torch.zeros((), dtype=torch.float32)
-                        state['exp_avg'] = torch.zeros_like(p)
-                        state['exp_avg_sq'] = torch.zeros_like(p)
-                    beta1, beta2 = group['betas']
-                    state['step'] += 1
-                    t = state['step'].item()
-                    state['exp_avg'].lerp_(p.grad, 1 - beta1)
-                    state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    denom = (state['exp_avg_sq'] / (1 - beta2 ** t)).sqrt_().add_(group['eps'])
-                    p.mul_(1 - lr * wd)
-                    p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** t))
+                if not state:
+                    state['step'] = torch.zeros((), dtype=torch.float32)
+                    state['exp_avg'] = torch.zeros_like(p)
+                    state['exp_avg_sq'] = torch.zeros_like(p)
+                beta1, beta2 = group['betas']
+                state['step'] += 1
+                t = state['step'].item()  # a CPU tensor (as torch keeps it): no device sync
+                state['exp_avg'].lerp_(p.grad, 1 - beta1)
+                state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                denom = (state['exp_avg_sq'] / (1 - beta2 ** t)).sqrt_().add_(group['eps'])
+                p.mul_(1 - lr * wd)
+                p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** t))
         return None
+
+    def _muon(self, group):
+        lr, wd, momentum = group['lr'], group['weight_decay'], group['momentum']
+        updates = {}  # matrices of one shape are orthogonalized together: a few batched matmuls, not many small ones
+        for p in group['params']:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state['momentum_buffer'] = torch.zeros_like(p)
+            buf = state['momentum_buffer']
+            buf.lerp_(p.grad, 1 - momentum)
+            update = p.grad.lerp(buf, momentum)  # Nesterov
+            if hasattr(update, 'full_tensor'):  # an FSDP shard: orthogonalize the whole matrix
+                update = update.full_tensor()
+            updates.setdefault(tuple(update.shape), []).append((p, update))
+        for (rows, cols), pairs in updates.items():
+            ortho = orthogonalize(torch.stack([u for _, u in pairs]), self.ns_dtype)
+            for (p, _), o in zip(pairs, ortho):
+                if hasattr(p, 'device_mesh'):  # back to this process's shard
+                    from torch.distributed.tensor import distribute_tensor
+                    o = distribute_tensor(o, p.device_mesh, p.placements)
+                p.mul_(1 - lr * wd)
+                p.add_(o, alpha=-lr * max(1, rows / cols) ** 0.5)
