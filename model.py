@@ -234,14 +234,15 @@ class GPT(nn.Module):
         if config.pos_encoding == 'rotary' and (config.n_embd // config.n_head) % 2:
             raise ValueError(f"rotary positions need an even head size, got {config.n_embd // config.n_head}")
 
+        # (in nanoGPT's order: a checkpoint's optimizer state numbers the parameters in it)
+        positions = {'wpe': nn.Embedding(config.block_size, config.n_embd)} if config.pos_encoding == 'learned' else {}
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
+            **positions,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=norm(config),
         ))
-        if config.pos_encoding == 'learned':
-            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             # weight tying: the output projection is the token embedding (GPT-2 does this)

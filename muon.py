@@ -13,6 +13,7 @@ sqrt(max(1, rows / cols)) and decoupled weight decay; the state is torch's too (
 """
 
 import torch
+from torch.optim.adamw import adamw  # torch.optim.AdamW's own update, for the AdamW groups
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -38,7 +39,7 @@ def orthogonalize(G, dtype, steps=5, eps=1e-7):
 class MuonAdamW(torch.optim.Optimizer):
     """
     Parameter groups with muon=True get Muon (lr, momentum, weight_decay); the others AdamW
-    (lr, betas, eps, weight_decay). ns_dtype is the Newton-Schulz dtype: bfloat16 where the device's
+    (lr, betas, eps, weight_decay), through torch's functional AdamW. ns_dtype is the Newton-Schulz dtype: bfloat16 where the device's
     bfloat16 matmuls are fast (CUDA GPUs, as torch.optim.Muon), else float32 (train.py chooses).
     Under FSDP a matrix's gradient is gathered whole for the iteration (every process computes the
     same update and keeps its shard of it).
@@ -51,26 +52,19 @@ class MuonAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            lr, wd = group['lr'], group['weight_decay']
             if group['muon']:
                 self._muon(group)
                 continue
-            for p in group['params']:  # AdamW, as torch.optim.AdamW computes it
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state['step'] = torch.zeros((), dtype=torch.float32)
-                    state['exp_avg'] = torch.zeros_like(p)
-                    state['exp_avg_sq'] = torch.zeros_like(p)
-                beta1, beta2 = group['betas']
-                state['step'] += 1
-                t = state['step'].item()  # a CPU tensor (as torch keeps it): no device sync
-                state['exp_avg'].lerp_(p.grad, 1 - beta1)
-                state['exp_avg_sq'].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (state['exp_avg_sq'] / (1 - beta2 ** t)).sqrt_().add_(group['eps'])
-                p.mul_(1 - lr * wd)
-                p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** t))
+            params = [p for p in group['params'] if p.grad is not None]
+            for p in params:
+                if not self.state[p]:  # as torch.optim.AdamW keeps it (the step on the CPU)
+                    self.state[p].update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
+                                         exp_avg_sq=torch.zeros_like(p))
+            states = [self.state[p] for p in params]
+            beta1, beta2 = group['betas']
+            adamw(params, [p.grad for p in params], [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
+                  [], [s['step'] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group['lr'],
+                  weight_decay=group['weight_decay'], eps=group['eps'], maximize=False)
         return None
 
     def _muon(self, group):
@@ -92,7 +86,6 @@ class MuonAdamW(torch.optim.Optimizer):
             ortho = orthogonalize(torch.stack([u for _, u in pairs]), self.ns_dtype)
             for (p, _), o in zip(pairs, ortho):
                 if hasattr(p, 'device_mesh'):  # back to this process's shard
-                    from torch.distributed.tensor import distribute_tensor
-                    o = distribute_tensor(o, p.device_mesh, p.placements)
+                    o = torch.distributed.tensor.distribute_tensor(o, p.device_mesh, p.placements)
                 p.mul_(1 - lr * wd)
                 p.add_(o, alpha=-lr * max(1, rows / cols) ** 0.5)

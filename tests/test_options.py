@@ -40,6 +40,14 @@ def test_each_option_trains(options, optimizer):
         assert GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=5, **options)).lm_head.weight.abs().sum() == 0
 
 
+def test_default_parameters_keep_nanogpts_order():
+    """A checkpoint's optimizer state numbers the parameters: a default model lists them as nanoGPT's does."""
+    names = [n for n, _ in GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=5, block_size=4)).named_parameters()]
+    assert names[:4] == ['transformer.wte.weight', 'transformer.wpe.weight', 'transformer.h.0.ln_1.weight',
+                         'transformer.h.0.ln_1.bias']
+    assert names[-2:] == ['transformer.ln_f.weight', 'transformer.ln_f.bias']
+
+
 def test_rotary_scores_depend_only_on_distance():
     torch.manual_seed(0)
     hs = 16
