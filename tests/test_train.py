@@ -1,8 +1,9 @@
 """
 End to end, as a user runs it: train.py writes a checkpoint, init_from=resume continues it
-(bit for bit, also in the middle of a batch-size ramp), sample.py prints text from it, and
+(bit for bit, with gradient accumulation and dropout, also in the middle of a batch-size ramp), sample.py prints text from it, and
 checkpoints written by nanoGPT (with '_orig_mod.' prefixes) still resume and sample. Run: python -m pytest tests/test_train.py
 """
+import glob
 import json
 import math
 import os
@@ -51,12 +52,14 @@ def test_training_lowers_the_loss(repo):
 
 def test_resume_is_exact(repo):
     """
-    Stopped at 10 and resumed to 15 equals 15 in one go: same losses, same weights, and the same
-    out_dir/metrics.jsonl (each iteration once: the resumed run drops what it redoes).
+    Stopped at 5, resumed to 10, resumed to 15 equals 15 in one go, with gradient accumulation and
+    dropout: same losses, same weights and optimizer state, and the same out_dir/metrics.jsonl (each
+    iteration once: a resumed run drops what it redoes).
     """
-    common = [*TINY, '--eval_interval=5', '--dropout=0.1']
+    common = [*TINY, '--eval_interval=5', '--dropout=0.2', '--gradient_accumulation_steps=3']
     straight = run(repo, 'train.py', *common, '--max_iters=15', '--out_dir=straight').stdout
-    run(repo, 'train.py', *common, '--max_iters=10', '--out_dir=stopped')
+    run(repo, 'train.py', *common, '--max_iters=5', '--out_dir=stopped')
+    run(repo, 'train.py', *common, '--max_iters=10', '--out_dir=stopped', '--init_from=resume')
     resumed = run(repo, 'train.py', *common, '--max_iters=15', '--out_dir=stopped', '--init_from=resume').stdout
     assert 'step 10:' in resumed and min(iter_losses(resumed)) == 10
     a, b = iter_losses(straight), iter_losses(resumed)
@@ -65,6 +68,9 @@ def test_resume_is_exact(repo):
     wb = torch.load(os.path.join(repo, 'stopped', 'ckpt.pt'), weights_only=True)
     assert wa['iter_num'] == wb['iter_num'] == 15
     assert all(torch.equal(wa['model'][k], wb['model'][k]) for k in wa['model'])
+    oa, ob = (torch.load(glob.glob(os.path.join(repo, d, 'optimizer-*.pt'))[0], weights_only=True)['optimizer']
+              for d in ('straight', 'stopped'))
+    assert all(torch.equal(oa['state'][i]['exp_avg_sq'], ob['state'][i]['exp_avg_sq']) for i in oa['state'])
     ma, mb = (records(os.path.join(repo, d, 'metrics.jsonl')) for d in ('straight', 'stopped'))
     assert {r['iter']: round(r['loss'], 4) for r in ma if 'loss' in r} == a  # every printed line, as printed
     evals = re.findall(r'^step (\d+): train loss [\d.]+, val loss ([\d.]+)', straight, re.M)
