@@ -217,6 +217,26 @@ def test_prepare_openwebtext_text_files_are_documents(tmp_path):
     assert (ids == enc.eot_token).sum() == 3
 
 
+def test_prepare_fineweb_edu_from_local_parquet_and_offline(tmp_path):
+    """FineWeb-Edu's columns (text, id, url, score, ...) from a local Parquet file; offline, the Hub is one line."""
+    import datasets
+    docs = [f"Photosynthesis, part {i}: light becomes sugar.\n{'More text. ' * i}" for i in range(30)]
+    datasets.Dataset.from_dict({'text': docs, 'id': [f'<urn:{i}>' for i in range(30)], 'url': ['https://x'] * 30,
+                                'score': [3.1] * 30, 'token_count': [9] * 30}).to_parquet(tmp_path / 'edu.parquet')
+    out = tmp_path / 'out'
+    env = {'HF_HOME': str(tmp_path / 'hf'), 'HF_HUB_OFFLINE': '1'}
+    run(REPO, 'data/fineweb_edu/prepare.py', f'--data_files={tmp_path / "edu.parquet"}', f'--out_dir={out}',
+        '--num_proc=1', '--val_fraction=0.1', env=env)
+    enc = gpt2_encoding()
+    ids = {s: np.fromfile(out / f'{s}.bin', dtype=np.uint16).tolist() for s in ('train', 'val')}
+    assert len(enc.decode(ids['val']).split('<|endoftext|>')[:-1]) == 3
+    assert sorted(enc.decode(ids['train'] + ids['val']).split('<|endoftext|>')[:-1]) == sorted(docs)
+    p = run(REPO, 'data/fineweb_edu/prepare.py', f'--out_dir={tmp_path / "hub"}', check=False, env=env)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith('error: could not load HuggingFaceFW/fineweb-edu')
+    assert not os.path.exists(tmp_path / 'hub')
+
+
 def test_pytorch_model_bin_directory(tmp_path):
     """Older checkpoints: pytorch_model.bin, keys without 'transformer.', causal-mask buffers."""
     shape = SHAPES['odd-heads-odd-vocab']

@@ -6,6 +6,7 @@ the corpus never has to fit in memory.
 $ python data/openwebtext/prepare.py                               # Skylion007/openwebtext from the Hub
 $ python data/openwebtext/prepare.py --dataset=some-user/some-text  # another Hub dataset
 $ python data/openwebtext/prepare.py --data_files='corpus/*.jsonl'  # local .jsonl/.json/.parquet/.txt files
+(data/fineweb_edu/prepare.py runs this script for FineWeb-Edu.)
 """
 import argparse
 import os
@@ -21,6 +22,7 @@ from util import die, gpt2_encoding  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 parser.add_argument('--dataset', default='Skylion007/openwebtext', help='Hugging Face Hub dataset id')
+parser.add_argument('--name', default=None, help="the dataset's configuration, e.g. sample-10BT")
 parser.add_argument('--data_files', default=None, help='local files (a glob) to use instead of the Hub')
 parser.add_argument('--out_dir', default=here, help='where train.bin and val.bin go')
 parser.add_argument('--val_fraction', type=float, default=0.0005, help='share of documents held out for val')
@@ -44,13 +46,14 @@ if args.data_files:
 else:
     try:
         try:
-            dataset = load_dataset(args.dataset, split='train', num_proc=args.num_proc)
+            dataset = load_dataset(args.dataset, name=args.name, split='train', num_proc=args.num_proc)
         except RuntimeError as e:
             if 'scripts are no longer supported' not in str(e):
                 raise
             # a dataset still published with a loading script: its Parquet export on the Hub loads
             print(f"{args.dataset} has a loading script, which datasets no longer runs; using its Parquet export")
-            dataset = load_dataset(args.dataset, split='train', revision='refs/convert/parquet', num_proc=args.num_proc)
+            dataset = load_dataset(args.dataset, name=args.name, split='train', revision='refs/convert/parquet',
+                                   num_proc=args.num_proc)
     except (ConnectionError, OSError, RuntimeError, ValueError) as e:
         die(f"could not load {args.dataset} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
             f"with the files at hand, use --data_files")
