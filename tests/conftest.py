@@ -14,7 +14,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'eval.py', 'model.py', 'hf_gpt2.py', 'common.py',
-           'checkpoints.py', 'dataloader.py', 'tasks.py', 'configurator.py', 'util.py', 'muon.py']
+           'checkpoints.py', 'dataloader.py', 'tasks.py', 'configurator.py', 'util.py', 'muon.py',
+           'quantize.py']
 
 # GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
 _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
