@@ -123,8 +123,7 @@ elif mode == 'memory':
         start_ddp(device)
         wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
             DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
-        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
-                                               torch.bfloat16 if device.type == 'cuda' else torch.float32)
+        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
         local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
         x = torch.randint(50304, (batch_size, block_size), device=device)
         with ctx:
@@ -159,8 +158,7 @@ else:
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                           dropout=dropout, bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
     onednn = fast_cpu_matmuls(model, device, dtype)  # as train.py does
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
-                                           torch.bfloat16 if device.type == 'cuda' else torch.float32)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
     raw_model = model
     model = maybe_compile(model, compile, device)

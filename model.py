@@ -355,8 +355,7 @@ class GPT(nn.Module):
         import hf_gpt2
         hf_gpt2.save_pretrained(self, directory, vocab_size)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02,
-                             ns_dtype=torch.float32):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02):
         """
         AdamW with weight decay on the matmul and embedding weights only (2D tensors). optimizer='muon':
         Muon (muon.py) at muon_lr for the matrices inside the blocks, AdamW for the rest; each group's
@@ -370,7 +369,7 @@ class GPT(nn.Module):
                        'lr_scale': muon_lr / learning_rate},
                       {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside], 'weight_decay': weight_decay},
                       {'params': [p for p in params if p.dim() < 2]}]
-            return MuonAdamW(groups, lr=learning_rate, betas=betas, ns_dtype=ns_dtype)
+            return MuonAdamW(groups, lr=learning_rate, betas=betas)
         optim_groups = [
             {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},

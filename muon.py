@@ -39,15 +39,15 @@ def orthogonalize(G, dtype, steps=5, eps=1e-7):
 class MuonAdamW(torch.optim.Optimizer):
     """
     Parameter groups with muon=True get Muon (lr, momentum, weight_decay); the others AdamW
-    (lr, betas, eps, weight_decay), through torch's functional AdamW. ns_dtype is the Newton-Schulz dtype: bfloat16 where the device's
-    bfloat16 matmuls are fast (CUDA GPUs, as torch.optim.Muon), else float32 (train.py chooses).
+    (lr, betas, eps, weight_decay), through torch's functional AdamW. The Newton-Schulz iteration runs
+    in bfloat16 where the parameters' device has fast bfloat16 matmuls (CUDA GPUs, as torch.optim.Muon),
+    else in float32 (several times faster than bfloat16 on CPUs without bfloat16 units).
     Under FSDP a matrix's gradient is gathered whole for the iteration (every process computes the
     same update and keeps its shard of it).
     """
 
-    def __init__(self, groups, lr, betas, momentum=0.95, ns_dtype=torch.float32, eps=1e-8):
+    def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
         super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0, muon=False))
-        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -83,7 +83,8 @@ class MuonAdamW(torch.optim.Optimizer):
                 update = update.full_tensor()
             updates.setdefault(tuple(update.shape), []).append((p, update))
         for (rows, cols), pairs in updates.items():
-            ortho = orthogonalize(torch.stack([u for _, u in pairs]), self.ns_dtype)
+            stack = torch.stack([u for _, u in pairs])
+            ortho = orthogonalize(stack, torch.bfloat16 if stack.device.type == 'cuda' else torch.float32)
             for (p, _), o in zip(pairs, ortho):
                 if hasattr(p, 'device_mesh'):  # back to this process's shard
                     o = torch.distributed.tensor.distribute_tensor(o, p.device_mesh, p.placements)

@@ -278,9 +278,7 @@ if fsdp:
 scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 
 # optimizer
-# Newton-Schulz in bfloat16 only where its matmuls are fast: CUDA GPUs (on CPUs float32 is several times faster)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr,
-                                       torch.bfloat16 if device.type == 'cuda' else torch.float32)
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
 if checkpoint is not None:
     restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust_checkpoint)
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
