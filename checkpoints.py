@@ -146,7 +146,9 @@ def _save_pair(out_dir, checkpoint, name, write_optimizer, discard):
 
 def _load(path, trust):
     try:
-        return torch.load(path, map_location='cpu', weights_only=not trust)
+        with warnings.catch_warnings():  # random bytes can look like an odd pickle protocol and warn first
+            warnings.simplefilter('ignore', UserWarning)
+            return torch.load(path, map_location='cpu', weights_only=not trust)
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function inside
             die(f"{path} holds Python objects besides tensors and plain values, which could run code "
