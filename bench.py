@@ -3,7 +3,8 @@ A much shorter version of train.py for benchmarking: the training step alone, ti
 $ python bench.py                                          # GPT-2 124M shape, one 12 x 1024 micro-batch
 $ python bench.py config/train_shakespeare_char_cpu.py     # exactly what that config trains
 $ python bench.py --profile=True                           # where the time goes (torch profiler)
-$ python bench.py --mode=generate                          # sampling: KV cache vs no cache vs transformers
+$ python bench.py --mode=generate                          # sampling: float32, bfloat16, int8 weights, no cache, transformers
+$ python bench.py --mode=generate --n_layer=48 --n_head=25 --n_embd=1600 --num_samples=1   # ... at GPT-2 XL's shape
 $ python bench.py --mode=memory config/train_gpt2.py       # per-process training state, DDP vs FSDP
 $ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and measured
 Every train.py setting is a bench.py setting too, so any config file runs here.
@@ -14,10 +15,11 @@ import time
 import torch
 
 from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
-                    peak_flops as find_peak_flops, peak_memory, script_settings, setup_device, shard_model,
+                    peak_flops as find_peak_flops, PeakAnonMemory, script_settings, setup_device, shard_model,
                     start_ddp)
 from dataloader import get_batch, load_meta
 from model import GPT, MODEL_OPTIONS, GPTConfig
+from quantize import WEIGHT_DTYPES, weight_dtype_error
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -29,6 +31,9 @@ profile = False  # use pytorch profiler, or just simple benchmarking?
 mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'; 'memory'
 max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
 num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
+weight_dtype = 'all'  # generate mode: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
+no_cache = True  # generate mode: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
+quality_positions = 4096  # generate mode: positions of data/<dataset>/val.bin (or random tokens) to compare each weight_dtype with float32 on; 0: none
 parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
@@ -37,6 +42,8 @@ exec(open('configurator.py').read())  # overrides from command line or config fi
 
 if mode not in ('train', 'generate', 'memory'):
     die(f"mode must be 'train', 'generate' or 'memory', got '{mode}'")
+if weight_dtype not in ('all', *WEIGHT_DTYPES):
+    die(f"weight_dtype must be one of all, {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}")
 if parallelism not in ('ddp', 'fsdp'):
     die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens', 'n_layer',
@@ -48,6 +55,9 @@ if n_embd % n_head:
 torch.manual_seed(seed)
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+weight_dtypes = WEIGHT_DTYPES if weight_dtype == 'all' else (weight_dtype,)
+if mode == 'generate' and weight_dtype_error(weight_dtypes[-1], device):  # int8, the one some devices lack
+    die(weight_dtype_error(weight_dtypes[-1], device))
 
 
 def sync():
@@ -58,19 +68,70 @@ def sync():
 
 
 if mode == 'generate':
-    # the same random GPT-2-shaped weights in our model and in transformers' GPT2LMHeadModel
+    # Every row loads its model as sample.py does (so weights in fewer bytes are reduced as they are
+    # read), from a Hugging Face directory that transformers' row loads too: random GPT-2-shaped
+    # weights for init_from='scratch', or a checkpoint ('resume'), a GPT-2 name or a local directory.
     import tempfile
-    from transformers import GPT2LMHeadModel
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS})).to(device).eval()
-    with tempfile.TemporaryDirectory() as d:
-        model.save_pretrained(d)
-        hf = GPT2LMHeadModel.from_pretrained(d).to(device).eval()
-    model = for_inference(model, device, dtype)
-    print(f"device: {device}, dtype: {dtype}, {n_layer} layers, {n_embd} wide, {max_new_tokens} new tokens "
-          f"from a 4-token prompt, sampling at temperature 1 over the whole vocabulary")
+    import numpy as np
+    import hf_gpt2
+    from checkpoints import load_model
+    tmp = tempfile.TemporaryDirectory()
+    source, hf_dir, about_source = init_from, None, init_from if init_from != 'resume' else out_dir
+    if init_from == 'scratch':
+        # made in a process of its own, so that this one's memory starts clean for the rows
+        import json
+        import subprocess
+        import sys
+        args = dict(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
+                    **{k: globals()[k] for k in MODEL_OPTIONS})
+        subprocess.run([sys.executable, '-c', 'import sys, json, torch; from model import GPT, GPTConfig; '
+                        f'torch.manual_seed({seed}); GPT(GPTConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])',
+                        json.dumps(args), tmp.name], check=True)
+        source = hf_dir = tmp.name
+        about_source = 'random GPT-2-shaped weights'
+    elif init_from == 'resume':
+        model, _ = load_model('resume', out_dir)
+        try:
+            model.save_pretrained(tmp.name, vocab_size=model.config.vocab_size)
+            hf_dir = tmp.name
+        except ValueError as e:
+            print(f"no transformers row: {e}")
+        del model
+    else:
+        hf_dir = init_from if os.path.isdir(init_from) else hf_gpt2.hub_snapshot(init_from)
 
-    def ours(x, n, use_cache):
+    def load(wd):
+        model, _ = load_model(source, out_dir, weight_dtype=wd)
+        return model.to(device)
+
+    def weight_bytes(model, float32=False):
+        """
+        Bytes of weights one decoding step reads: every matmul's (the embedding lookup reads one row);
+        float32: as many weights in float32.
+        """
+        return sum(b.numel() * 4 if float32 else b.nbytes for m in model.modules()
+                   if isinstance(m, torch.nn.Linear) or hasattr(m, 'pack')
+                   for name, b in [*m.named_parameters(), *m.named_buffers()]
+                   if name == 'weight' or (name == 'scales' and not float32))
+
+    def stream_bandwidth():
+        """Bytes/s this device reads when it streams: the best of 5 sums of a 1 GiB float32 tensor."""
+        a = torch.ones(2**28, device=device)
+        best = float('inf')
+        for _ in range(6):
+            sync()
+            t0 = time.perf_counter()
+            a.sum().item()
+            best = min(best, time.perf_counter() - t0)
+        return a.nbytes / best
+
+    bandwidth = stream_bandwidth()
+    print(f"device: {device}, dtype: {dtype}, {about_source}, {max_new_tokens} new tokens from a 4-token prompt, "
+          f"sampling at temperature 1 over the whole vocabulary")
+    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s (streaming a 1 GiB tensor); 'limit' is that over the bytes "
+          f"of weights a step reads, times the batch")
+
+    def ours(model, x, n, use_cache):
         """(tokens/s, seconds to the first token)"""
         t0 = time.perf_counter()
         first = None
@@ -81,7 +142,7 @@ if mode == 'generate':
         sync()
         return x.size(0) * n / (time.perf_counter() - t0), first
 
-    def transformers(x, n):
+    def theirs(hf, x, n):
         def run(k):
             t0 = time.perf_counter()
             hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k, min_new_tokens=k, do_sample=True,
@@ -91,23 +152,94 @@ if mode == 'generate':
         first = run(1)
         return x.size(0) * n / run(n), first
 
-    print(f"{'batch':>5} {'method':<22} {'tokens/s':>9} {'first token':>12} {'peak mem':>9}")
-    with torch.no_grad(), ctx:
-        for B in ([num_samples] if num_samples else [1, 8]):
-            x = torch.randint(50257, (B, 4), device=device)
-            results = {}
-            for name, fn in (('ours, KV cache', lambda n: ours(x, n, True)),
-                             ('ours, no cache', lambda n: ours(x, n, False)),
-                             ('transformers generate', lambda n: transformers(x, n))):
-                fn(4)  # warm-up
-                if device.type == 'cuda':
-                    torch.cuda.reset_peak_memory_stats()
-                tps, first = fn(max_new_tokens)
-                mem = peak_memory(device) / 2**20  # so far: the device's allocator on CUDA, else peak RSS
-                results[name] = tps
-                print(f"{B:>5} {name:<22} {tps:>9.1f} {first * 1000:>10.1f}ms {mem:>7.0f}MB", flush=True)
-            print(f"{B:>5} KV cache vs transformers: {results['ours, KV cache'] / results['transformers generate']:.2f}x, "
-                  f"vs no cache: {results['ours, KV cache'] / results['ours, no cache']:.2f}x")
+    shared = {}  # the prompts and the float32 weights' bytes, from the first row
+
+    def measure(name, B, make, fn):
+        """One row: load the model (make), warm up, time fn(model, x, n); memory counts the loading too."""
+        import gc
+        gc.collect()
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakAnonMemory() as mem, torch.no_grad(), ctx:
+            model = make()
+            if isinstance(model, GPT):
+                shared.setdefault('float32_bytes', weight_bytes(model, float32=True))
+                x = shared.setdefault(B, torch.randint(model.config.vocab_size, (B, 4), device=device))
+                limit = B * bandwidth / weight_bytes(model)
+                model = for_inference(model, device, dtype, batch_size=B)
+            else:  # transformers' float32 GPT-2, whose matmuls are Conv1D modules: the same bytes as ours
+                x = shared[B]
+                limit = B * bandwidth / shared['float32_bytes']
+            fn(model, x, 4)  # warm-up
+            tps, first = fn(model, x, max_new_tokens)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else mem.peak
+        peak = f"{peak / 2**20:>7.0f}MB" if peak is not None else f"{'n/a':>9}"
+        print(f"{B:>5} {name:<30} {tps:>9.1f} {first * 1000:>10.1f}ms {peak} {limit:>9.1f}", flush=True)
+        return tps
+
+    if device.type == 'cpu':
+        print("peak mem: the most anonymous memory (RssAnon: not the memory-mapped weights file) the process held "
+              "while the row loaded and sampled (with what earlier rows left: run one weight_dtype for its own)")
+    print(f"{'batch':>5} {'method':<30} {'tokens/s':>9} {'first token':>12} {'peak mem':>9} {'limit':>9}")
+    for B in ([num_samples] if num_samples else [1, 8]):
+        results = {}
+        for wd in weight_dtypes:
+            results[wd] = measure(f"ours, {wd}, KV cache", B, lambda: load(wd), lambda m, x, n: ours(m, x, n, True))
+        if no_cache:
+            results['no cache'] = measure("ours, float32, no cache", B, lambda: load('float32'),
+                                          lambda m, x, n: ours(m, x, n, False))
+        if hf_dir:
+            from transformers import GPT2LMHeadModel
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
+            results['transformers'] = measure("transformers generate, float32", B,
+                                              lambda: GPT2LMHeadModel.from_pretrained(hf_dir).to(device).eval(),
+                                              lambda m, x, n: theirs(m, x, n))
+        ratios = lambda base, names: ', '.join(f"{w} {results[w] / results[base]:.2f}x" for w in names if w != base)
+        summary = []
+        if 'float32' in results and len(weight_dtypes) > 1:
+            summary.append(f"against float32: {ratios('float32', weight_dtypes)}")
+        if 'transformers' in results:
+            summary.append(f"against transformers: {ratios('transformers', weight_dtypes)}")
+        if 'no cache' in results and 'float32' in results:
+            summary.append(f"KV cache against none: {results['float32'] / results['no cache']:.2f}x")
+        print(f"{B:>5} " + '; '.join(summary))
+
+    if quality_positions:
+        # each reduced model against the float32 one, teacher-forced: the loss on the next token, and
+        # how often the likeliest next token is the same
+        val = os.path.join('data', dataset, 'val.bin')
+        reference = None
+        for wd in ('float32', *[d for d in weight_dtypes if d != 'float32']):
+            model = load(wd).eval()
+            if reference is None:  # sequences of the model's context, up to 1024, from the whole file
+                T, vocab = min(model.config.block_size, 1024), model.config.vocab_size
+                if os.path.isfile(val):
+                    data, about = np.memmap(val, dtype=np.uint16, mode='r'), val
+                else:
+                    data, about = np.random.default_rng(seed).integers(0, vocab, 2**20).astype(np.uint16), 'random tokens'
+                starts = np.linspace(0, len(data) - T - 2, max(1, -(-quality_positions // T))).astype(np.int64)
+            losses, argmax = [], []
+            with torch.no_grad(), ctx:
+                for i in starts:
+                    chunk = torch.from_numpy(data[i:i + T + 1].astype(np.int64)).to(device)
+                    logits, _ = model(chunk[None, :-1], chunk[None, 1:])  # (1, T, vocab)
+                    logits = logits[0].float()
+                    losses.append(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction='none'))
+                    argmax.append(logits.argmax(-1))
+            loss, argmax = torch.cat(losses), torch.cat(argmax)
+            if wd == 'float32':
+                reference = dict(loss=loss.mean().item(), argmax=argmax)
+                print(f"against float32 on {len(loss):,} positions of {about} (teacher-forced):")
+                print(f"{'weights':<9} {'loss':>8} {'change':>8} {'same argmax':>12}")
+                print(f"{'float32':<9} {reference['loss']:>8.4f}")
+            else:
+                agree = (argmax == reference['argmax']).float().mean().item()
+                print(f"{wd:<9} {loss.mean().item():>8.4f} {loss.mean().item() - reference['loss']:>+8.4f} "
+                      f"{agree * 100:>11.2f}%")
+            del model
+    tmp.cleanup()
 elif mode == 'memory':
     # what training keeps on each process between steps: float32 weights, their gradients and AdamW's
     # two moments, 16 bytes a parameter under DDP on every process; FSDP shards all of it N ways

@@ -14,7 +14,9 @@ import warnings
 import torch
 
 from dataloader import load_meta
+import hf_gpt2
 from model import GPT, GPTConfig
+from quantize import build_model
 from util import die
 
 
@@ -144,26 +146,29 @@ def _save_pair(out_dir, checkpoint, name, write_optimizer, discard):
         _stop()
 
 
-def _load(path, trust):
+def _load(path, trust, mmap=False):
     try:
         with warnings.catch_warnings():  # random bytes can look like an odd pickle protocol and warn first
             warnings.simplefilter('ignore', UserWarning)
-            return torch.load(path, map_location='cpu', weights_only=not trust)
+            return torch.load(path, map_location='cpu', weights_only=not trust, mmap=mmap)
     except Exception as e:
+        if mmap:  # a file of torch's legacy format cannot be memory-mapped, but can be read
+            return _load(path, trust)
         if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function inside
             die(f"{path} holds Python objects besides tensors and plain values, which could run code "
                 f"when loaded; if you trust the file, pass --trust_checkpoint=True")
         die(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
 
 
-def load_checkpoint(path, trust=False):
+def load_checkpoint(path, trust=False, mmap=False):
     """
     A checkpoint dict, read safely (weights_only: tensors and plain values, no code runs), or a
-    one-line error. trust=True allows arbitrary pickled objects, for old files one trusts.
+    one-line error. trust=True allows arbitrary pickled objects, for old files one trusts; mmap=True
+    leaves the tensors in the file's pages (page cache, copy-on-write) until they are read.
     """
     if not os.path.isfile(path):
         die(f"no checkpoint at {path} (train one first, or check --out_dir)")
-    checkpoint = _load(path, trust)
+    checkpoint = _load(path, trust, mmap)
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
         die(f"{path} is not a GPT checkpoint (no 'model' and 'model_args')")
     return checkpoint
@@ -216,30 +221,38 @@ def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False
         scaler.load_state_dict(state['scaler'])
 
 
-def model_from_checkpoint(checkpoint, **overrides):
-    """The GPT a checkpoint describes, with its weights; overrides (e.g. dropout) replace config fields."""
+def model_from_checkpoint(checkpoint, weight_dtype='float32', **overrides):
+    """
+    The GPT a checkpoint describes, with its weights, its Linears in weight_dtype (quantize.py);
+    overrides (e.g. dropout) replace config fields.
+    """
     args = {**checkpoint['model_args'], **checkpoint.get('model_options', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
     if unknown:
         die(f"the checkpoint's model has options this model.py does not know: {', '.join(sorted(unknown))}")
-    model = GPT(GPTConfig(**args))
+    config = GPTConfig(**args)
     try:
+        if weight_dtype != 'float32':
+            return build_model(config, strip_prefixes(checkpoint['model']).items(), weight_dtype)
+        model = GPT(config)
         model.load_state_dict(strip_prefixes(checkpoint['model']))
-    except RuntimeError as e:
-        die(f"checkpoint weights do not match its model_args: {str(e).splitlines()[1].strip()[:200]}")
+    except (RuntimeError, ValueError) as e:
+        lines = str(e).splitlines()
+        die(f"checkpoint weights do not match its model_args: {lines[min(1, len(lines) - 1)].strip()[:200]}")
     return model
 
 
-def load_model(init_from, out_dir, trust=False):
+def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
     """
-    An eval-mode model to sample or evaluate with, and the character vocabulary it needs (or None
-    for GPT-2 BPE): init_from 'resume' reads out_dir/ckpt.pt, anything else is a GPT-2 name or a
-    local Hugging Face GPT-2 directory.
+    An eval-mode model to sample or evaluate with, its Linears in weight_dtype (reduced as they are
+    read: the float32 weights are never all in memory), and the character vocabulary it needs (or
+    None for GPT-2 BPE): init_from 'resume' reads out_dir/ckpt.pt, anything else is a GPT-2 name or
+    a local Hugging Face GPT-2 directory.
     """
     meta = None
     if init_from == 'resume':
-        checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust)
-        model = model_from_checkpoint(checkpoint, dropout=0.0)
+        checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust, mmap=True)
+        model = model_from_checkpoint(checkpoint, weight_dtype, dropout=0.0)
         dataset = checkpoint.get('config', {}).get('dataset')
         if dataset:  # a character-level model comes with its dataset's vocabulary
             meta = load_meta(os.path.join('data', dataset))
@@ -247,7 +260,7 @@ def load_model(init_from, out_dir, trust=False):
                 meta['dataset'] = dataset
     else:
         try:
-            model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+            model = hf_gpt2.from_pretrained(init_from, dict(dropout=0.0), weight_dtype)
         except (ValueError, OSError) as e:
             die(str(e))
     return model.eval(), meta

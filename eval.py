@@ -3,6 +3,7 @@ Zero-shot evaluation of any checkpoint on HellaSwag or LAMBADA.
 $ python data/hellaswag/prepare.py && python eval.py --init_from=gpt2 --task=hellaswag
 $ python data/lambada/prepare.py && python eval.py --init_from=gpt2 --task=lambada
 $ python eval.py --init_from=resume --out_dir=out --task=hellaswag --limit=1000
+$ python eval.py --init_from=gpt2 --task=lambada --weight_dtype=int8   # what int8 weights cost
 $ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl   # examples shared across processes
 Prints a small table and writes it to out_dir/eval_<task>.json. See tasks.py for the method.
 """
@@ -14,6 +15,7 @@ import tasks
 from checkpoints import load_model
 from common import ddp_ranks, end_ddp, fast_cpu_matmuls, setup_device, start_ddp
 from dataloader import get_tokenizer
+from quantize import weight_dtype_error
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -26,6 +28,7 @@ batch_size = 8  # lambada: passages per forward pass (hellaswag batches the 4 en
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+weight_dtype = 'float32'  # 'bfloat16' or 'int8': what those weights (sample.py's setting) cost on the task
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -45,10 +48,12 @@ if not os.path.isfile(path):
 
 ddp, rank, local_rank, world_size = ddp_ranks()
 device, dtype, ctx = setup_device(device, dtype, local_rank)
+if weight_dtype_error(weight_dtype, device):
+    die(weight_dtype_error(weight_dtype, device))
 if ddp:
     start_ddp(device)
 
-model, meta = load_model(init_from, out_dir, trust_checkpoint)
+model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
 if meta is not None:
     die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
 model.to(device)
@@ -71,7 +76,8 @@ except (KeyError, TypeError, ValueError) as e:
 counts = tasks.all_reduce_counts(counts, device)  # add up every process's share
 dt = time.time() - t0
 results = tasks.hellaswag_results(counts) if task == 'hellaswag' else tasks.lambada_results(counts)
-results.update(tokens_per_s=counts['tokens'] / dt, model=init_from if init_from != 'resume' else out_dir, data_file=path)
+results.update(tokens_per_s=counts['tokens'] / dt, model=init_from if init_from != 'resume' else out_dir, data_file=path,
+               weight_dtype=weight_dtype)
 
 if rank == 0:
     metric = 'acc_norm' if task == 'hellaswag' else 'perplexity'

@@ -12,7 +12,8 @@ import os
 import torch
 from safetensors import safe_open
 
-from model import GPT, GPTConfig
+from model import GPTConfig
+from quantize import build_model
 
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
@@ -29,22 +30,27 @@ def hub_snapshot(name):
                          f"(no network, and not in the cache?): {type(e).__name__}") from None
 
 
-def read_weights(path):
+def read_weights(path, views=False):
     """
     (name, float32 tensor) pairs of a Hugging Face GPT-2 directory, one at a time, Conv1D weights
     transposed to (out, in). The safetensors file is memory-mapped (page cache, which the kernel
     can drop) and each tensor copied once out of it into memory of its own, the transposed ones a
-    block of rows at a time: one copy of the weights in the process's own memory.
+    block of rows at a time: one copy of the weights in the process's own memory. views: the
+    tensors as views of the memory map instead (in the file's dtype), for a reader that converts them.
     """
     st = os.path.join(path, 'model.safetensors')
     if not os.path.exists(st):
         sd = torch.load(os.path.join(path, 'pytorch_model.bin'), map_location='cpu', weights_only=True, mmap=True)
         for k, v in sd.items():
-            v = v.t().contiguous() if k.endswith(CONV1D) else v
-            yield k, v.float() if v.is_floating_point() else v
+            v = v.t() if k.endswith(CONV1D) else v
+            yield k, v if views else v.float().contiguous() if v.is_floating_point() else v
         return
     with safe_open(st, framework='pt') as f:
         for name in f.keys():
+            if views:
+                t = f.get_tensor(name)
+                yield name, t.t() if name.endswith(CONV1D) else t
+                continue
             if name.endswith(CONV1D):
                 part = f.get_slice(name)
                 rows, cols = part.get_shape()
@@ -58,10 +64,11 @@ def read_weights(path):
             yield name, t
 
 
-def from_pretrained(name_or_dir, override_args=None):
+def read_pretrained(name_or_dir, override_args=None, views=False):
     """
-    A GPT with GPT-2's weights, its shape from config.json; only dropout may be overridden. The
-    tensors are adopted by a model built on the meta device, so loading holds one copy of them.
+    (GPTConfig, weights) of a GPT-2, its shape from config.json and weights as (name, float32
+    tensor) pairs in our model's names, read one at a time (views: see read_weights); only dropout
+    may be overridden.
     """
     override_args = override_args or {}
     assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
@@ -75,21 +82,23 @@ def from_pretrained(name_or_dir, override_args=None):
                        block_size=hf['n_positions'], vocab_size=hf['vocab_size'], bias=True,
                        dropout=override_args.get('dropout', 0.0),
                        activation='gelu' if act == 'gelu' else 'gelu_tanh')
-    sd = {}
-    for k, v in read_weights(path):
-        k = k.removeprefix('transformer.')
-        if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
-            continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
-        sd['transformer.' + k] = v
-    with torch.device('meta'):
-        model = GPT(config)
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    missing = [k for k in missing if k != 'lm_head.weight']
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match a GPT-2 of this config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
-    return model
+
+    def weights():
+        for k, v in read_weights(path, views):
+            k = k.removeprefix('transformer.')
+            if k.endswith(('.attn.bias', '.attn.masked_bias')) or k == 'lm_head.weight':
+                continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
+            yield 'transformer.' + k, v
+    return config, weights()
+
+
+def from_pretrained(name_or_dir, override_args=None, weight_dtype='float32'):
+    """A GPT with GPT-2's weights (see read_pretrained), its Linears in weight_dtype (quantize.py)."""
+    config, weights = read_pretrained(name_or_dir, override_args, views=weight_dtype != 'float32')
+    try:
+        return build_model(config, weights, weight_dtype)
+    except ValueError as e:
+        raise ValueError(f"{name_or_dir}: {e}") from None
 
 
 def save_pretrained(model, directory, vocab_size=None):

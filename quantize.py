@@ -10,59 +10,213 @@ rounds the activations to int8 too). On CPUs its float32-activation path is ~10x
 bfloat16 one, hence bfloat16 activations. Its output is rounded to bfloat16 (~|y| * 2^-9), and
 GPT-2's logits share a large offset: so the head is stored with its mean row taken out, and that
 row's product with the activation, the same for every token, is added back in float32.
+
+build_model reduces each weight as it is read, so loading never holds the float32 weights at once:
+a GPT-2 XL (6.2 GB in float32) loads into ~1.9 GB in int8.
 """
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import GPT
+
 WEIGHT_DTYPES = ('float32', 'bfloat16', 'int8')
+
+
+def weight_dtype_error(weight_dtype, device):
+    """Why weight_dtype cannot be used on device, in one line; None if it can."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        return f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}"
+    if weight_dtype == 'int8' and device.type not in ('cpu', 'cuda'):
+        return f"weight_dtype='int8' runs on CPUs and CUDA GPUs, not on {device.type}: use 'bfloat16' there"
+    return None
+
+
+def reduce_tensor(w, weight_dtype, center=False, rows=256):
+    """
+    A float (out, in) weight as the buffers of a LowPrecisionLinear: {'weight', 'scales', 'mean'}.
+    It is converted a block of rows at a time through one float32 buffer, in place, so that loading
+    a model this way holds little besides the results (temporaries of many sizes would fragment
+    the heap: ~100 MB more for GPT-2 124M).
+    """
+    out_features, in_features = w.shape
+    mean = None
+    if center:
+        mean = torch.zeros(in_features, device=w.device)
+        for r in range(0, out_features, rows):
+            mean += w[r:r + rows].float().sum(dim=0)
+        mean /= out_features
+    int8 = weight_dtype == 'int8'
+    out = torch.empty(w.shape, dtype=torch.int8 if int8 else torch.bfloat16, device=w.device)
+    scales = torch.empty(out_features, dtype=torch.bfloat16, device=w.device) if int8 else None
+    buf = torch.empty(min(rows, out_features), in_features, device=w.device)
+    for r in range(0, out_features, rows):
+        b = buf[:min(rows, out_features - r)]
+        b.copy_(w[r:r + rows])
+        if center:
+            b.sub_(mean)
+        if int8:
+            lo, hi = torch.aminmax(b, dim=1)
+            # the scales as the kernel will read them (bfloat16), so that rounding them costs nothing
+            s = (torch.maximum(hi, -lo).clamp(min=1e-12) / 127).to(torch.bfloat16)
+            scales[r:r + rows] = s
+            b.div_(s.float()[:, None]).round_().clamp_(-127, 127)
+        out[r:r + rows] = b
+    return {'weight': out, 'scales': scales, 'mean': mean}
+
+
+def _int8_matvec(x, weight, scales):
+    """x (1, in) float32 times the int8 rows (out, in), each dot product in float32 and scaled: (1, out)."""
+    return ((weight.to(torch.float32) * x).sum(dim=1) * scales.to(torch.float32))[None]
+
+
+_compiled_matvec = []
+
+
+def int8_matvec():
+    """
+    _int8_matvec compiled (once per process, ~3 s: one kernel for every shape), or None where
+    torch.compile cannot build it (no C++ compiler). Decoding one token at a time multiplies each
+    weight matrix by one vector, and on CPUs torch._weight_int8pack_mm does that at ~11 GB/s: it
+    reads four rows at a time and stalls on memory; the loop Inductor writes for this expression
+    walks rows in order and streams them at ~16-22 GB/s (measured on a 2-core Zen 4), with float32
+    activations (no rounding to bfloat16). Not for few long rows (the MLP's down projection), where
+    that loop is the slower one (6-10 GB/s at GPT-2 XL's 6400 x 1600 against 21). Written here only
+    because PyTorch has no such kernel.
+    """
+    if not _compiled_matvec:
+        import logging
+        import sys
+        logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
+        fn = torch.compile(_int8_matvec, dynamic=True)
+        try:  # compiled for any shape, tuned for a large one (from a tiny one, Inductor's loop runs on one thread)
+            fn(torch.zeros(1, 1024), torch.zeros(4096, 1024, dtype=torch.int8), torch.ones(4096, dtype=torch.bfloat16))
+        except Exception as e:
+            print(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: torch.compile "
+                  f"could not build the decoding kernel)", file=sys.stderr)
+            fn = None
+        _compiled_matvec.append(fn)
+    return _compiled_matvec[0]
 
 
 class LowPrecisionLinear(nn.Module):
     """A Linear whose weight is bfloat16, or int8 times a per-row scale; center: the head's mean row apart."""
 
-    def __init__(self, linear, weight_dtype, center=False):
+    def __init__(self, in_features, out_features, bias, weight_dtype, center=False):
         super().__init__()
-        w = linear.weight.detach().float()
-        mean = w.mean(dim=0) if center else None  # (in,)
-        if center:
-            w = w - mean
-        if weight_dtype == 'int8':
-            # the scales as the kernel will read them (bfloat16), so that rounding them costs nothing
-            scales = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(torch.bfloat16)
-            weight = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
-        else:
-            scales, weight = None, w.to(torch.bfloat16)
-        self.register_buffer('weight', weight)
-        self.register_buffer('scales', scales)
-        self.register_buffer('mean', mean)
-        self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().float())
+        int8 = weight_dtype == 'int8'
+        self.register_buffer('weight', torch.empty(out_features, in_features,
+                                                   dtype=torch.int8 if int8 else torch.bfloat16))
+        self.register_buffer('scales', torch.empty(out_features, dtype=torch.bfloat16) if int8 else None)
+        self.register_buffer('mean', torch.empty(in_features) if center else None)
+        self.register_buffer('bias', torch.empty(out_features) if bias else None)
+        self.packed = False
+
+    def pack(self, batch_size):
+        """
+        On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as common.PackedLinear
+        does for float32): the product then streams it ~1.6x faster than F.linear. Inference only.
+        """
+        if self.scales is None and self.weight.device.type == 'cpu' and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch_size)
+            self.packed = True
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernel takes 2-D inputs
         xb = x2.to(torch.bfloat16)
-        if self.scales is not None:
+        if (self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu'
+                and self.weight.size(0) >= self.weight.size(1) and int8_matvec() is not None):
+            y = int8_matvec()(x2.float(), self.weight, self.scales)
+        elif self.scales is not None:
             y = torch._weight_int8pack_mm(xb, self.weight, self.scales)
+        elif self.packed:
+            y = torch.ops.mkldnn._linear_pointwise(xb, self.weight, None, 'none', [], '')
         else:
             y = F.linear(xb, self.weight)
-        y = y.to(x.dtype)
+        # float32 + bfloat16 gives float32 in one op
         if self.mean is not None:
-            y = y + x2 @ self.mean.to(x.dtype)[:, None]  # (B*T, 1): the offset every logit shares
+            y = torch.add(x2 @ self.mean.to(x2.dtype)[:, None], y)  # (B*T, 1): the offset every logit shares
         if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(*x.shape[:-1], y.size(-1))
+            y = torch.add(self.bias, y)
+        return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
+
+
+def _shells(model, weight_dtype):
+    """Swap the block Linears and the head for LowPrecisionLinears with empty buffers; {name: shell}."""
+    shells = {}
+
+    def swap(parent, name, prefix, center=False):
+        linear = getattr(parent, name)
+        shell = LowPrecisionLinear(linear.in_features, linear.out_features, linear.bias is not None,
+                                   weight_dtype, center)
+        setattr(parent, name, shell)
+        shells[prefix + name] = shell
+    for i, block in enumerate(model.transformer.h):
+        for part in ('attn', 'mlp'):
+            parent = getattr(block, part)
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    swap(parent, name, f'transformer.h.{i}.{part}.')
+    # a tied head gets its own copy; wte stays float32 for the embedding lookup
+    swap(model, 'lm_head', '', center=True)
+    return shells
 
 
 def reduce_weights(model, weight_dtype):
     """The model (eval mode, for generation only) with its block Linears and head in weight_dtype; in place."""
     assert weight_dtype in WEIGHT_DTYPES, weight_dtype
     if weight_dtype == 'float32':
-        return model
-    for block in model.transformer.h:
-        for parent in (block.attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, LowPrecisionLinear(child, weight_dtype))
-    # a tied head gets its own copy; wte stays float32 for the embedding lookup
-    model.lm_head = LowPrecisionLinear(model.lm_head, weight_dtype, center=True)
+        return model.eval()
+    weights = {name: p.detach() for name, p in model.named_parameters(remove_duplicate=False)}
+    for name, shell in _shells(model, weight_dtype).items():
+        shell.to(weights[name + '.weight'].device)
+        for k, v in reduce_tensor(weights[name + '.weight'], weight_dtype, shell.mean is not None).items():
+            if v is not None:
+                setattr(shell, k, v)
+        if shell.bias is not None:
+            shell.bias = weights[name + '.bias'].float()
     return model.eval()
+
+
+def build_model(config, weights, weight_dtype='float32'):
+    """
+    A GPT of config from weights, (name, tensor) pairs in its state_dict's names that may
+    arrive one at a time (read from a file), each weight of a reduced Linear reduced as it arrives:
+    the model is built on the meta device and adopts the tensors, so no second copy is ever made.
+    When reducing, the tensors may be views of a memory-mapped file: the reduced weights are read
+    from it a block of rows at a time, and the tensors kept as they are get copied out in float32.
+    Raises ValueError if the names do not match the model's.
+    """
+    assert weight_dtype in WEIGHT_DTYPES, weight_dtype
+    with torch.device('meta'):
+        model = GPT(config)
+        shells = _shells(model, weight_dtype) if weight_dtype != 'float32' else {}
+    state = {}
+    for name, t in weights:
+        if name == 'lm_head.weight' and config.tie_weights:
+            continue  # the same tensor as wte's (or absent, as in Hugging Face's files)
+        module, _, kind = name.rpartition('.')
+        if module in shells and kind == 'weight':
+            t = {f'{module}.{k}': v for k, v in reduce_tensor(t, weight_dtype, shells[module].mean is not None).items()}
+        elif shells:  # a bias, a norm, an embedding: float32, in memory of its own
+            t = {name: t.to(torch.float32 if t.is_floating_point() else t.dtype, copy=True)}
+        else:
+            t = {name: t}
+        if name == 'transformer.wte.weight' and config.tie_weights and 'lm_head' in shells:
+            t.update({f'lm_head.{k}': v for k, v in reduce_tensor(t[name], weight_dtype, center=True).items()})
+        state.update({k: v for k, v in t.items() if v is not None})
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # a shape that differs: its line, not the whole report
+        raise ValueError(str(e).splitlines()[1].strip()) from None
+    if config.tie_weights and 'lm_head' not in shells:
+        missing = [k for k in missing if k != 'lm_head.weight']
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
+    if missing or unexpected:
+        raise ValueError(f"the weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    # the buffers GPT makes rather than saves (rotary's frequencies, ALiBi's slopes), from one without layers
+    for name, b in GPT(replace(config, n_layer=0, vocab_size=1, block_size=1)).named_buffers():
+        model.register_buffer(name, b, persistent=False)
+    return model

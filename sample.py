@@ -13,7 +13,7 @@ from tqdm import tqdm
 from checkpoints import exit_on_interrupt, load_model
 from common import for_inference, maybe_compile, setup_device
 from dataloader import get_tokenizer
-from quantize import WEIGHT_DTYPES, reduce_weights
+from quantize import weight_dtype_error
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -33,7 +33,7 @@ seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
 compile = False  # torch.compile would recompile for every new cache length: no gain when sampling
-weight_dtype = 'float32'  # 'bfloat16' or 'int8' (CPU): weights in fewer bytes, faster decoding (quantize.py)
+weight_dtype = 'float32'  # 'bfloat16' or 'int8' (CPU, CUDA): weights in fewer bytes, faster decoding (quantize.py)
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -48,25 +48,20 @@ if top_k <= 0:
     die(f"top_k must be positive, got {top_k}")
 if not 0.0 < top_p <= 1.0:
     die(f"top_p must be in (0, 1], got {top_p}")
-if weight_dtype not in WEIGHT_DTYPES:
-    die(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}")
 
 exit_on_interrupt(lambda: "while sampling")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
-if weight_dtype == 'int8' and device.type != 'cpu':
-    die(f"weight_dtype='int8' runs on CPUs only so far, not on {device.type}: use 'bfloat16' there")
+if weight_dtype_error(weight_dtype, device):
+    die(weight_dtype_error(weight_dtype, device))
 
 # model, and the character vocabulary of a character-level one
-model, meta = load_model(init_from, out_dir, trust_checkpoint)
+model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
 vocab_size = meta['vocab_size'] if meta else model.config.vocab_size
 if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.to(device)
-if weight_dtype == 'float32':
-    model = for_inference(model, device, dtype, batch_size=num_samples)
-else:
-    model = reduce_weights(model.eval(), weight_dtype)
+model = for_inference(model, device, dtype, batch_size=num_samples)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
 # tokenizer: the dataset's characters, else GPT-2 BPE

@@ -108,6 +108,12 @@ def test_lambada_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
         nll, n = nll + losses.sum().item(), n + len(target)
     assert got['examples'] == 5 and got['acc'] == correct / 5
     assert got['perplexity'] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    # what int8 weights cost on the task: close to float32's, and recorded
+    run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=lambada', f'--data_file={fixtures / "lambada.jsonl"}',
+        f'--out_dir={tmp_path}', '--device=cpu', '--batch_size=2', '--weight_dtype=int8')
+    int8 = json.loads((tmp_path / 'eval_lambada.json').read_text())
+    assert got['weight_dtype'] == 'float32' and int8['weight_dtype'] == 'int8'
+    assert int8['perplexity'] == pytest.approx(got['perplexity'], rel=0.02)
 
 
 class Unigram(torch.nn.Module):

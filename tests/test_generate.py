@@ -133,8 +133,16 @@ def test_sample_streams_and_batches(trained):
 
 
 def test_bench_generate_mode_prints_each_method(repo):
+    """Each weight dtype, no cache and transformers side by side, their ratios, and the quality of each."""
     out = run(repo, 'bench.py', '--mode=generate', '--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32',
-              '--block_size=32', '--max_new_tokens=6', '--num_samples=2').stdout
-    for method in ('ours, KV cache', 'ours, no cache', 'transformers generate'):
-        assert re.search(rf'^\s+2 {method}\s+[\d.]+\s+[\d.]+ms\s+\d+MB$', out, re.M), out
-    assert re.search(r'KV cache vs transformers: [\d.]+x, vs no cache: [\d.]+x', out)
+              '--block_size=32', '--max_new_tokens=6', '--num_samples=2', '--dataset=tiny_char',
+              '--quality_positions=64').stdout
+    for method in ('ours, float32, KV cache', 'ours, bfloat16, KV cache', 'ours, int8, KV cache',
+                   'ours, float32, no cache', 'transformers generate, float32'):
+        assert re.search(rf'^\s+2 {method}\s+[\d.]+\s+[\d.]+ms\s+\d+MB\s+[\d.]+$', out, re.M), out
+    assert re.search(r'against float32: bfloat16 [\d.]+x, int8 [\d.]+x; against transformers: float32 [\d.]+x, '
+                     r'bfloat16 [\d.]+x, int8 [\d.]+x; KV cache against none: [\d.]+x', out), out
+    assert 'on 64 positions of data/tiny_char/val.bin' in out
+    for weight_dtype in ('bfloat16', 'int8'):
+        m = re.search(rf'^{weight_dtype}\s+([\d.]+)\s+([+-][\d.]+)\s+([\d.]+)%$', out, re.M)
+        assert m and abs(float(m.group(2))) < 0.01 and float(m.group(3)) > 90, out

@@ -96,37 +96,43 @@ def test_loaded_weights_are_adopted_and_tied(tmp_path):
 
 
 PEAK_ANON = """
-import sys, threading, time
-import torch, hf_gpt2
-
-def anon():  # memory that is the process's own: a memory-mapped file (page cache) is not in it
-    with open('/proc/self/status') as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith('RssAnon:'))
-
-base, peak, done = anon(), [0], []
-def sample():
-    while not done:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.0005)
-thread = threading.Thread(target=sample)
-thread.start()
-model = hf_gpt2.from_pretrained(sys.argv[1])
-done.append(1)
-thread.join()
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
-print(weights, peak[0] - base)
+import sys
+import torch
+import hf_gpt2
+from common import PeakAnonMemory
+from model import GPT, GPTConfig
+with torch.device('meta'):  # the meta device's first use imports ~80 MB of Python: before the baseline
+    GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8))
+with PeakAnonMemory() as mem:  # the process's own memory: the memory-mapped file (page cache) is not in it
+    base = mem.peak
+    model = hf_gpt2.from_pretrained(sys.argv[1], weight_dtype=sys.argv[2])
+kept = {t.data_ptr(): t.nbytes for t in model.state_dict().values()}  # a tied weight once
+print(sum(kept.values()), mem.peak - base)
 """
 
 
-def test_loading_peak_memory_is_one_copy_of_the_weights(tmp_path):
+@pytest.fixture(scope='module')
+def gpt2_85m(tmp_path_factory):
+    """GPT-2 124M's blocks with a small vocabulary: 85M parameters, 340 MB in float32."""
+    path = tmp_path_factory.mktemp('gpt2-85m')
+    hf_model(path, n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=1000)
+    return str(path)
+
+
+@pytest.mark.parametrize('weight_dtype', ['float32', 'bfloat16', 'int8'])
+def test_loading_holds_the_weights_once_as_they_are_kept(gpt2_85m, weight_dtype):
     """
-    Loading needs one copy of the weights in the process's own memory (RssAnon, sampled while it
-    loads), not two: a reader that built the tensors and then copied or transposed them whole
-    would reach twice the weights. 85M parameters (340 MB) make a copy stand well above the noise.
+    Loading holds one copy of the weights, in the dtype the model keeps them in, in the process's
+    own memory (RssAnon, sampled while it loads), and a few MB of work: a reader that built the
+    tensors and then copied or transposed them whole would need twice the weights, and one that
+    read float32 weights before reducing them would need the float32 weights (340 MB) for any dtype.
     """
-    hf_model(tmp_path, n_layer=12, n_head=12, n_embd=768, n_positions=64, vocab_size=1000)
-    weights, peak = map(int, run(REPO, '-c', PEAK_ANON, str(tmp_path)).stdout.split())
-    assert weights > 300e6 and peak < 1.5 * weights, (weights, peak)
+    kept, peak = map(int, run(REPO, '-c', PEAK_ANON, gpt2_85m, weight_dtype).stdout.split())
+    bytes_per_weight = {'float32': 4, 'bfloat16': 2, 'int8': 1}[weight_dtype]
+    assert bytes_per_weight * 85e6 < kept < bytes_per_weight * 85e6 + 10e6, kept  # the embeddings stay float32
+    assert peak < kept + 40e6, (kept, peak)
+    if weight_dtype != 'float32':
+        assert peak < 0.8 * 4 * 85e6, (kept, peak)  # less than the float32 weights alone
 
 
 def test_sample_from_local_directory(tmp_path):
