@@ -161,10 +161,11 @@ if mode == 'generate':
         if device.type == 'cuda':
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        with PeakAnonMemory() as mem, torch.no_grad(), ctx:
+        with PeakAnonMemory(interval=0.01) as mem, torch.no_grad(), ctx:  # (more often slows the timed loop)
             model = make()
             if isinstance(model, GPT):
                 shared.setdefault('float32_bytes', weight_bytes(model, float32=True))
+                shared.setdefault('block_size', model.config.block_size)
                 x = shared.setdefault(B, torch.randint(model.config.vocab_size, (B, 4), device=device))
                 limit = B * bandwidth / weight_bytes(model)
                 model = for_inference(model, device, dtype, batch_size=B)
@@ -189,7 +190,9 @@ if mode == 'generate':
         if no_cache:
             results['no cache'] = measure("ours, float32, no cache", B, lambda: load('float32'),
                                           lambda m, x, n: ours(m, x, n, False))
-        if hf_dir:
+        if hf_dir and 4 + max_new_tokens > shared['block_size']:
+            print(f"{B:>5} no transformers row: its GPT-2 cannot generate past its {shared['block_size']} positions")
+        elif hf_dir:
             from transformers import GPT2LMHeadModel
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()

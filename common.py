@@ -281,9 +281,12 @@ def rss_anon():
 class PeakAnonMemory:
     """
     with PeakAnonMemory() as m: ... then m.peak is the most anonymous memory the process held during
-    the block, sampled every ~0.5 ms (Linux; None elsewhere). Unlike peak RSS it leaves out memory
-    -mapped weights files, page cache the kernel can drop, and it covers this block only.
+    the block, sampled every interval seconds (Linux; None elsewhere). Unlike peak RSS it leaves out
+    memory-mapped weights files, page cache the kernel can drop, and it covers this block only.
     """
+
+    def __init__(self, interval=0.0005):
+        self.interval = interval
 
     def __enter__(self):
         import threading
@@ -294,7 +297,7 @@ class PeakAnonMemory:
         return self
 
     def _sample(self):
-        while not self._done.wait(0.0005):
+        while not self._done.wait(self.interval):
             self.peak = max(self.peak, rss_anon())
 
     def __exit__(self, *exc):

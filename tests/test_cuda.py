@@ -5,8 +5,10 @@ A tiny model trains on CUDA with bfloat16 autocast, with float16 and its gradien
 torch.compile, then samples there; DDP runs over NCCL (one process per GPU, up to two); FSDP
 trains with bfloat16 and torch.compile, resumes and samples; every model option with Muon (its
 Newton-Schulz in bfloat16 there) trains compiled, resumes and samples past block_size;
-eval.py scores HellaSwag on CUDA as it does on the CPU.
+eval.py scores HellaSwag on CUDA as it does on the CPU; bfloat16 and int8 weights (quantize.py)
+keep the logits there and sample.
 """
+import copy
 import json
 
 import pytest
@@ -14,6 +16,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import REPO, TINY, iter_losses, run
+from model import GPT, GPTConfig
+from quantize import reduce_weights
 
 pytestmark = pytest.mark.cuda
 CUDA = [a for a in TINY if a != '--device=cpu'] + ['--device=cuda']
@@ -86,3 +90,20 @@ def test_eval_on_cuda_equals_cpu(tmp_path):
             f'--device={device}', '--dtype=float32', f'--out_dir={tmp_path / device}')
         results[device] = json.loads((tmp_path / device / 'eval_hellaswag.json').read_text())
     assert results['cuda']['acc_norm'] == results['cpu']['acc_norm'] and results['cuda']['examples'] == 4
+
+
+@pytest.mark.parametrize('weight_dtype', ['bfloat16', 'int8'])
+def test_reduced_weights_on_cuda(weight_dtype):
+    torch.manual_seed(0)
+    ref = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=100, bias=True)).eval()
+    x = torch.randint(0, 100, (4, 32))
+    model = reduce_weights(copy.deepcopy(ref), weight_dtype).cuda()
+    with torch.no_grad():
+        want, want_one = ref(x, x)[0], ref(x[:1, :1])[0]
+        for autocast in (False, True):  # float32 activations, and bfloat16 ones as sample.py runs by default
+            with torch.autocast('cuda', torch.bfloat16, enabled=autocast):
+                got, one = model(x.cuda(), x.cuda())[0].float().cpu(), model(x[:1, :1].cuda())[0].float().cpu()
+                tokens = model.generate(x[:1, :4].cuda(), 40, temperature=0)  # past block_size, on the ring cache
+            tolerance = 0.05 if autocast else 0.01
+            assert (got - want).abs().max() < tolerance and (one - want_one).abs().max() < tolerance
+            assert tokens.shape == (1, 44)
