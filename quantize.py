@@ -1,18 +1,20 @@
 """
-Weight-only reduced precision for generation (sample.py's weight_dtype): the Linears of the blocks
-and the output head keep their weights in bfloat16, or in int8 with one scale per output row, so
-that each decoded token reads 2x or 4x fewer bytes of weights (at batch 1 decoding waits on memory,
-not on arithmetic). Activations enter those matmuls in bfloat16 and leave in the model's dtype.
+Weight-only reduced precision for generation (sample.py's and eval.py's weight_dtype): the Linears
+of the blocks and the output head keep their weights in bfloat16, or in int8 with one scale per
+output row, so that each decoded token reads 2x or 4x fewer bytes of weights (at batch 1 decoding
+waits on memory, not on arithmetic). Norms, attention and embeddings stay in the model's dtype.
 
-int8 runs PyTorch's own weight-only kernel, torch._weight_int8pack_mm (the one torchao's int8
-weight-only configuration calls; torchao is not a dependency, and torch.ao's dynamic quantization
-rounds the activations to int8 too). On CPUs its float32-activation path is ~10x slower than its
-bfloat16 one, hence bfloat16 activations. Its output is rounded to bfloat16 (~|y| * 2^-9), and
-GPT-2's logits share a large offset: so the head is stored with its mean row taken out, and that
-row's product with the activation, the same for every token, is added back in float32.
+build_model reduces each weight as it is read from a memory-mapped file, so loading never holds the
+float32 weights: a GPT-2 XL (6.2 GB in float32) samples in int8 within ~2.4 GB.
 
-build_model reduces each weight as it is read, so loading never holds the float32 weights at once:
-a GPT-2 XL (6.2 GB in float32) loads into ~1.9 GB in int8.
+int8 decoding (one position at a time, on CPUs) runs a matvec that torch.compile builds, with
+float32 activations (int8_matvec says why). Everything else with int8 weights runs PyTorch's own
+weight-only kernel, torch._weight_int8pack_mm (the one torchao's int8 weight-only configuration
+calls; torchao is not a dependency, and torch.ao's dynamic quantization rounds the activations to
+int8 too), with bfloat16 activations: on CPUs its float32 path is ~10x slower. Its output is rounded
+to bfloat16 (~|y| * 2^-9), and GPT-2's logits share a large offset: so the head is stored with its
+mean row taken out, and that row's product with the activation, the same for every token, is added
+back in float32. bfloat16 weights take oneDNN's packed kernel on CPUs (pack), else F.linear.
 """
 from dataclasses import replace
 
@@ -124,17 +126,16 @@ class LowPrecisionLinear(nn.Module):
             self.packed = True
 
     def forward(self, x):
-        x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernel takes 2-D inputs
-        xb = x2.to(torch.bfloat16)
+        x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
         if (self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu'
                 and self.weight.size(0) >= self.weight.size(1) and int8_matvec() is not None):
-            y = int8_matvec()(x2.float(), self.weight, self.scales)
+            y = int8_matvec()(x2.float(), self.weight, self.scales)  # decoding
         elif self.scales is not None:
-            y = torch._weight_int8pack_mm(xb, self.weight, self.scales)
+            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)
         elif self.packed:
-            y = torch.ops.mkldnn._linear_pointwise(xb, self.weight, None, 'none', [], '')
+            y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), self.weight, None, 'none', [], '')
         else:
-            y = F.linear(xb, self.weight)
+            y = F.linear(x2.to(torch.bfloat16), self.weight)
         # float32 + bfloat16 gives float32 in one op
         if self.mean is not None:
             y = torch.add(x2 @ self.mean.to(x2.dtype)[:, None], y)  # (B*T, 1): the offset every logit shares
