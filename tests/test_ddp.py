@@ -78,8 +78,9 @@ def test_one_process_two_processes_and_two_nodes_give_the_same_losses(repo):
 def test_fsdp_checkpoint_resumes_in_any_number_of_processes_and_under_ddp(repo):
     """
     A checkpoint saved by 2 FSDP processes (the optimizer state in shards, through DCP) resumes in
-    2 bit for bit, and in 1 or 4 processes and under DDP up to rounding; a DDP checkpoint resumes
-    under FSDP.
+    2 bit for bit, and in 1 process and under DDP up to rounding; a DDP checkpoint resumes under
+    FSDP. (4 processes, resharding to more than saved it, passed too; 2 cores made it the suite's
+    slowest launch.)
     """
     args = [*TINY, '--gradient_accumulation_steps=4', '--eval_interval=4']
 
@@ -91,7 +92,7 @@ def test_fsdp_checkpoint_resumes_in_any_number_of_processes_and_under_ddp(repo):
     assert os.path.isdir(os.path.join(repo, 'half', 'optimizer-00000004'))  # sharded, not one file
     assert os.path.isfile(os.path.join(repo, 'half', 'optimizer-00000004', '.metadata'))
     torchrun(2, 'ddp_half', '--max_iters=4')
-    resumes = {('fsdp', 2): ('half', '--parallelism=fsdp'), ('fsdp', 4): ('half', '--parallelism=fsdp'),
+    resumes = {('fsdp', 2): ('half', '--parallelism=fsdp'),
                ('fsdp', 1): ('half', '--parallelism=fsdp'), ('ddp', 2): ('half', '--parallelism=ddp'),
                ('fsdp from ddp', 2): ('ddp_half', '--parallelism=fsdp')}
     for (name, n), (source, parallelism) in resumes.items():
