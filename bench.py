@@ -33,7 +33,7 @@ max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
 num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
 weight_dtype = 'all'  # generate mode: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
 no_cache = True  # generate mode: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
-quality_positions = 4096  # generate mode: positions of data/<dataset>/val.bin (or random tokens) to compare each weight_dtype with float32 on; 0: none
+quality_positions = 4096  # generate mode: positions (of data/<dataset>/val.bin, else random) to compare with float32; 0: none
 parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
@@ -221,7 +221,8 @@ if mode == 'generate':
                 if os.path.isfile(val):
                     data, about = np.memmap(val, dtype=np.uint16, mode='r'), val
                 else:
-                    data, about = np.random.default_rng(seed).integers(0, vocab, 2**20).astype(np.uint16), 'random tokens'
+                    data = np.random.default_rng(seed).integers(0, vocab, 2**20).astype(np.uint16)
+                    about = 'random tokens'
                 starts = np.linspace(0, len(data) - T - 2, max(1, -(-quality_positions // T))).astype(np.int64)
             losses, argmax = [], []
             with torch.no_grad(), ctx:

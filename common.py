@@ -193,9 +193,9 @@ def for_inference(model, device, dtype, batch_size=1):
     every Linear becomes a PackedLinear (oneDNN, weights pre-packed), with logits within ~1e-5 of
     the plain model's. The model is changed in place and can only run inference afterwards; the tied
     lm_head gets its own packed copy of wte. A quantize.LowPrecisionLinear with bfloat16 weights
-    packs them the same way (where oneDNN has bfloat16 kernels). The float32 matmuls left are attention's over the KV
-    cache, batched over strided slices, where MKL is ~4x faster than oneDNN: so sampling leaves
-    them on MKL (it does not take fast_cpu_matmuls' route).
+    packs them the same way (where oneDNN has bfloat16 kernels). The float32 matmuls left are
+    attention's over the KV cache, batched over strided slices, where MKL is ~4x faster than
+    oneDNN: so sampling leaves them on MKL (it does not take fast_cpu_matmuls' route).
     """
     if (device.type != 'cpu' or dtype != 'float32' or not torch.backends.mkldnn.is_available()
             or not all(hasattr(torch.ops.mkldnn, op) for op in ('_linear_pointwise', '_reorder_linear_weight'))):
@@ -270,7 +270,7 @@ def update_to_weight(optimizer, before, sharded=False):
 
 
 def rss_anon():
-    """This process's anonymous memory in bytes (RssAnon: its own pages, not the files it maps), or None without /proc."""
+    """This process's anonymous memory in bytes (RssAnon: its own pages, not files it maps); None without /proc."""
     try:
         with open('/proc/self/status') as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith('RssAnon:'))

@@ -3,7 +3,8 @@ Weight-only bfloat16 and int8 for sampling (quantize.py, sample.py --weight_dtyp
 stay within a few thousandths of float32's on every path (many positions, one, packed), also with a
 large offset shared by every logit (GPT-2's head has one; the head's mean row is kept apart for
 it), greedy tokens agree, the int8 decoding kernel compiles and is exact, sample.py samples with
-each, and a bad value is one line. (Loading without the float32 weights: tests/test_gpt2.py.) Run: python -m pytest tests/test_quantize.py
+each, and a bad value is one line. (Loading without the float32 weights: tests/test_gpt2.py.)
+Run: python -m pytest tests/test_quantize.py
 """
 import copy
 
