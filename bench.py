@@ -19,7 +19,7 @@ from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, for_inference, maybe_c
                     start_ddp)
 from dataloader import get_batch, load_meta
 from model import GPT, MODEL_OPTIONS, GPTConfig
-from quantize import WEIGHT_DTYPES, weight_dtype_error
+from quantize import WEIGHT_DTYPES, LowPrecisionLinear, weight_dtype_error
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -110,7 +110,7 @@ if mode == 'generate':
         float32: as many weights in float32.
         """
         return sum(b.numel() * 4 if float32 else b.nbytes for m in model.modules()
-                   if isinstance(m, torch.nn.Linear) or hasattr(m, 'pack')
+                   if isinstance(m, (torch.nn.Linear, LowPrecisionLinear))
                    for name, b in [*m.named_parameters(), *m.named_buffers()]
                    if name == 'weight' or (name == 'scales' and not float32))
 
@@ -198,7 +198,7 @@ if mode == 'generate':
             hf_logging.disable_progress_bar()
             results['transformers'] = measure("transformers generate, float32", B,
                                               lambda: GPT2LMHeadModel.from_pretrained(hf_dir).to(device).eval(),
-                                              lambda m, x, n: theirs(m, x, n))
+                                              theirs)
         ratios = lambda base, names: ', '.join(f"{w} {results[w] / results[base]:.2f}x" for w in names if w != base)
         summary = []
         if 'float32' in results and len(weight_dtypes) > 1:

@@ -16,6 +16,7 @@ to bfloat16 (~|y| * 2^-9), and GPT-2's logits share a large offset: so the head 
 mean row taken out, and that row's product with the activation, the same for every token, is added
 back in float32. bfloat16 weights take oneDNN's packed kernel on CPUs (pack), else F.linear.
 """
+import functools
 from dataclasses import replace
 
 import torch
@@ -74,9 +75,7 @@ def _int8_matvec(x, weight, scales):
     return ((weight.to(torch.float32) * x).sum(dim=1) * scales.to(torch.float32))[None]
 
 
-_compiled_matvec = []
-
-
+@functools.cache
 def int8_matvec():
     """
     _int8_matvec compiled (once per process, ~3 s: one kernel for every shape), or None where
@@ -88,19 +87,17 @@ def int8_matvec():
     that loop is the slower one (6-10 GB/s at GPT-2 XL's 6400 x 1600 against 21). Written here only
     because PyTorch has no such kernel.
     """
-    if not _compiled_matvec:
-        import logging
-        import sys
-        logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
-        fn = torch.compile(_int8_matvec, dynamic=True)
-        try:  # compiled for any shape, tuned for a large one (from a tiny one, Inductor's loop runs on one thread)
-            fn(torch.zeros(1, 1024), torch.zeros(4096, 1024, dtype=torch.int8), torch.ones(4096, dtype=torch.bfloat16))
-        except Exception as e:
-            print(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: torch.compile "
-                  f"could not build the decoding kernel)", file=sys.stderr)
-            fn = None
-        _compiled_matvec.append(fn)
-    return _compiled_matvec[0]
+    import logging
+    import sys
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
+    fn = torch.compile(_int8_matvec, dynamic=True)
+    try:  # compiled for any shape, tuned for a large one (from a tiny one, Inductor's loop runs on one thread)
+        fn(torch.zeros(1, 1024), torch.zeros(4096, 1024, dtype=torch.int8), torch.ones(4096, dtype=torch.bfloat16))
+    except Exception as e:
+        print(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: torch.compile "
+              f"could not build the decoding kernel)", file=sys.stderr)
+        return None
+    return fn
 
 
 class LowPrecisionLinear(nn.Module):
@@ -166,19 +163,8 @@ def _shells(model, weight_dtype):
 
 
 def reduce_weights(model, weight_dtype):
-    """The model (eval mode, for generation only) with its block Linears and head in weight_dtype; in place."""
-    assert weight_dtype in WEIGHT_DTYPES, weight_dtype
-    if weight_dtype == 'float32':
-        return model.eval()
-    weights = {name: p.detach() for name, p in model.named_parameters(remove_duplicate=False)}
-    for name, shell in _shells(model, weight_dtype).items():
-        shell.to(weights[name + '.weight'].device)
-        for k, v in reduce_tensor(weights[name + '.weight'], weight_dtype, shell.mean is not None).items():
-            if v is not None:
-                setattr(shell, k, v)
-        if shell.bias is not None:
-            shell.bias = weights[name + '.bias'].float()
-    return model.eval()
+    """A copy of the model (eval mode, for generation only) with its block Linears and head in weight_dtype."""
+    return build_model(model.config, model.state_dict().items(), weight_dtype).eval()
 
 
 def build_model(config, weights, weight_dtype='float32'):
