@@ -7,8 +7,8 @@ waits on memory, not on arithmetic). Norms, attention and embeddings stay in the
 build_model reduces each weight as it is read from a memory-mapped file, so loading never holds the
 float32 weights: a GPT-2 XL (6.2 GB in float32) samples in int8 within ~2.4 GB.
 
-int8 decoding (one position at a time, on CPUs) runs a matvec that torch.compile builds, with
-float32 activations (int8_matvec says why). Everything else with int8 weights runs PyTorch's own
+int8 decoding (one position at a time, on CPUs) runs a matvec that Inductor (torch.compile's
+compiler) builds for each shape, with float32 activations (int8_matvec says why). Everything else with int8 weights runs PyTorch's own
 weight-only kernel, torch._weight_int8pack_mm (the one torchao's int8 weight-only configuration
 calls; torchao is not a dependency, and torch.ao's dynamic quantization rounds the activations to
 int8 too), with bfloat16 activations: on CPUs its float32 path is ~10x slower. Its output is rounded
@@ -70,34 +70,57 @@ def reduce_tensor(w, weight_dtype, center=False, rows=256):
     return {'weight': out, 'scales': scales, 'mean': mean}
 
 
-def _int8_matvec(x, weight, scales):
-    """x (1, in) float32 times the int8 rows (out, in), each dot product in float32 and scaled: (1, out)."""
-    return ((weight.to(torch.float32) * x).sum(dim=1) * scales.to(torch.float32))[None]
+def _int8_matvec(x, weight, scales, bias=None, mean=None):
+    """
+    x (1, in) float32 times the int8 rows (out, in), each dot product in float32 and scaled, plus
+    bias and the mean row's product (LowPrecisionLinear's): (1, out), all of it one compiled call.
+    """
+    y = (weight.to(torch.float32) * x).sum(dim=1) * scales.to(torch.float32)
+    if mean is not None:
+        y = y + (x[0] * mean).sum()  # the offset every logit shares
+    if bias is not None:
+        y = y + bias
+    return y[None]
 
 
 @functools.cache
-def int8_matvec():
+def int8_matvec(out_features, in_features, bias=False, mean=False):
     """
-    _int8_matvec compiled (once per process, ~3 s: one kernel for every shape), or None where
-    torch.compile cannot build it (no C++ compiler). Decoding one token at a time multiplies each
-    weight matrix by one vector, and on CPUs torch._weight_int8pack_mm does that at ~11 GB/s: it
-    reads four rows at a time and stalls on memory; the loop Inductor writes for this expression
-    walks rows in order and streams them at ~16-22 GB/s (measured on a 2-core Zen 4), with float32
-    activations (no rounding to bfloat16). Not for few long rows (the MLP's down projection), where
-    that loop is the slower one (6-10 GB/s at GPT-2 XL's 6400 x 1600 against 21). Written here only
-    because PyTorch has no such kernel.
+    _int8_matvec compiled for one shape of weight, with or without bias and mean (once per process
+    and shape, ~0.1 s from the disk cache), or None where it cannot be built (no C++ compiler): call
+    it as (x, weight, scales[, bias][, mean]). Decoding one token at a time multiplies each weight
+    matrix by one vector, and on CPUs torch._weight_int8pack_mm does that at ~11-15 GB/s: it reads
+    four rows at a time and stalls on memory; the loop Inductor writes for this expression walks
+    rows in order and streams them at ~21-26 GB/s (2-core Zen 4), with float32 activations (no
+    rounding to bfloat16). Not for rows longer than 4096 (GPT-2 XL's MLP down projection, 6400):
+    every form of the loop tried there streamed at 12-14 GB/s, against int8pack's ~19. The graph
+    goes to Inductor without Dynamo (make_fx, then torch._inductor.compile), so a call checks no
+    guards (the shapes are fixed): ~7 us a call instead of ~30, and a GPT-2 token makes ~50.
+    Written here only because PyTorch has no such kernel.
     """
     import logging
-    import sys
+    from torch.fx.experimental.proxy_tensor import make_fx
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
-    fn = torch.compile(_int8_matvec, dynamic=True)
-    try:  # compiled for any shape, tuned for a large one (from a tiny one, Inductor's loop runs on one thread)
-        fn(torch.zeros(1, 1024), torch.zeros(4096, 1024, dtype=torch.int8), torch.ones(4096, dtype=torch.bfloat16))
+    extras = ['bias'] * bias + ['mean'] * mean
+
+    def matvec(x, weight, scales, *tensors):
+        return _int8_matvec(x, weight, scales, **dict(zip(extras, tensors)))
+    # traced with fake tensors: real ones would compute the float32 copy of the weight (321 MB for XL's head)
+    example = [torch.empty(1, in_features), torch.empty(out_features, in_features, dtype=torch.int8),
+               torch.empty(out_features, dtype=torch.bfloat16)]
+    example += [torch.empty(out_features)] * bias + [torch.empty(in_features)] * mean
+    try:
+        return torch._inductor.compile(make_fx(matvec, tracing_mode='fake')(*example), example)
     except Exception as e:
-        print(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: torch.compile "
-              f"could not build the decoding kernel)", file=sys.stderr)
+        _warn_once(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: "
+                   f"torch.compile could not build the decoding kernel)")
         return None
-    return fn
+
+
+@functools.cache
+def _warn_once(message):
+    import sys
+    print(message, file=sys.stderr)
 
 
 class LowPrecisionLinear(nn.Module):
@@ -124,10 +147,14 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
-        if (self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu'
-                and self.weight.size(0) >= self.weight.size(1) and int8_matvec() is not None):
-            y = int8_matvec()(x2.float(), self.weight, self.scales)  # decoding
-        elif self.scales is not None:
+        if self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
+            # decoding: one compiled call does it all (see int8_matvec)
+            matvec = int8_matvec(*self.weight.shape, self.bias is not None, self.mean is not None)
+            if matvec is not None:
+                y = matvec(x2.float(), self.weight, self.scales,
+                           *[t for t in (self.bias, self.mean) if t is not None])
+                return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
+        if self.scales is not None:
             y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)
         elif self.packed:
             y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), self.weight, None, 'none', [], '')
