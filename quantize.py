@@ -5,7 +5,7 @@ output row, so that each decoded token reads 2x or 4x fewer bytes of weights (at
 waits on memory, not on arithmetic). Norms, attention and embeddings stay in the model's dtype.
 
 build_model reduces each weight as it is read from a memory-mapped file, so loading never holds the
-float32 weights: a GPT-2 XL (6.2 GB in float32) samples in int8 within ~2.4 GB.
+float32 weights: a GPT-2 XL (6.2 GB in float32) samples in int8 within ~2.3 GB.
 
 int8 decoding (one position at a time, on CPUs) runs a matvec that Inductor (torch.compile's
 compiler) builds for each shape, with float32 activations (int8_matvec says why). Everything else with int8 weights runs PyTorch's own
@@ -99,8 +99,12 @@ def int8_matvec(out_features, in_features, bias=False, mean=False):
     Written here only because PyTorch has no such kernel.
     """
     import logging
+    import warnings
     from torch.fx.experimental.proxy_tensor import make_fx
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
+    with warnings.catch_warnings():  # torch 2.13's Inductor imports a module that uses a deprecated torch.jit API
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
     extras = ['bias'] * bias + ['mean'] * mean
 
     def matvec(x, weight, scales, *tensors):
