@@ -136,7 +136,7 @@ def test_bench_generate_mode_prints_each_method(repo):
     """Each weight dtype, no cache and transformers side by side, their ratios, and the quality of each."""
     out = run(repo, 'bench.py', '--mode=generate', '--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32',
               '--block_size=32', '--max_new_tokens=6', '--num_samples=2', '--dataset=tiny_char',
-              '--quality_positions=64').stdout
+              '--quality_positions=64', '--repeats=2').stdout
     for method in ('ours, float32, KV cache', 'ours, bfloat16, KV cache', 'ours, int8, KV cache',
                    'ours, float32, no cache', 'transformers generate, float32'):
         assert re.search(rf'^\s+2 {method}\s+[\d.]+\s+[\d.]+ms\s+\d+MB\s+[\d.]+$', out, re.M), out
