@@ -152,10 +152,11 @@ class LowPrecisionLinear(nn.Module):
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
         if self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
-            # decoding: one compiled call does it all (see int8_matvec)
+            # decoding: one compiled call does it all (see int8_matvec), built for contiguous tensors of
+            # these shapes and checking nothing, so x is made contiguous (the buffers are)
             matvec = int8_matvec(*self.weight.shape, self.bias is not None, self.mean is not None)
             if matvec is not None:
-                y = matvec(x2.float(), self.weight, self.scales,
+                y = matvec(x2.float().contiguous(), self.weight, self.scales,
                            *[t for t in (self.bias, self.mean) if t is not None])
                 return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
         if self.scales is not None:
