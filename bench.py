@@ -116,7 +116,7 @@ if mode == 'generate':
                    if name == 'weight' or (name == 'scales' and not float32))
 
     def stream_bandwidth():
-        """Bytes/s this device reads when it streams: the best of 5 sums of a 1 GiB float32 tensor."""
+        """Bytes/s this device reads when it streams: the best of 6 sums of a 1 GiB float32 tensor."""
         a = torch.ones(2**28, device=device)
         best = float('inf')
         for _ in range(6):
