@@ -9,21 +9,48 @@ $ python bench.py --mode=memory config/train_gpt2.py       # per-process trainin
 $ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and measured
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
+import ast
+import gc
+import json
 import os
+import tempfile
 import time
 
+import numpy as np
 import torch
 
-from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, for_inference, maybe_compile, measured_matmul_flops, optimizer_step,
-                    peak_flops as find_peak_flops, PeakAnonMemory, script_settings, setup_device, shard_model,
-                    start_ddp)
 from dataloader import get_batch, load_meta
+from device import PeakAnonMemory, fast_cpu_matmuls, maybe_compile, setup_device
+from device import peak_flops as find_peak_flops
+from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
+from loading import load_model
 from model import GPT, MODEL_OPTIONS, GPTConfig
-from quantize import WEIGHT_DTYPES, LowPrecisionLinear, weight_dtype_error
+from optim import optimizer_step
+from quantize import WEIGHT_DTYPES, for_inference, weight_dtype_error
 from util import die
 
+
+def script_settings(script):
+    """
+    The settings at the top of a script (train.py), as a dict: its module-level assignments of
+    literal values (or arithmetic on them, 5 * 8) before it runs configurator.py.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    literal = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
+    settings = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # exec(open('configurator.py')...)
+            break
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and all(isinstance(n, literal) for n in ast.walk(node.value))):
+            settings[node.targets[0].id] = eval(compile(ast.Expression(node.value), path, 'eval'), {})
+    return settings
+
+
 # -----------------------------------------------------------------------------
-globals().update(script_settings('train.py'))  # train.py's settings and defaults, then bench's own:
+globals().update(script_settings('train.py'))  # train.py's settings and defaults (so its config files run), then bench's own:
 gradient_accumulation_steps = 1  # one micro-batch per step unless a config file asks for more
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
@@ -68,226 +95,34 @@ def sync():
         torch.mps.synchronize()
 
 
-if mode == 'generate':
-    # Every row loads its model as sample.py does (so weights in fewer bytes are reduced as they are
-    # read), from a Hugging Face directory that transformers' row loads too: random GPT-2-shaped
-    # weights for init_from='scratch', or a checkpoint ('resume'), a GPT-2 name or a local directory.
-    import tempfile
-    import numpy as np
-    import hf_gpt2
-    from checkpoints import load_model
-    tmp = tempfile.TemporaryDirectory()
-    source, hf_dir, about_source = init_from, None, init_from if init_from != 'resume' else out_dir
-    if init_from == 'scratch':
-        # made in a process of its own, so that this one's memory starts clean for the rows
-        import json
-        import subprocess
-        import sys
-        args = dict(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
-                    **{k: globals()[k] for k in MODEL_OPTIONS})
-        subprocess.run([sys.executable, '-c', 'import sys, json, torch; from model import GPT, GPTConfig; '
-                        f'torch.manual_seed({seed}); GPT(GPTConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])',
-                        json.dumps(args), tmp.name], check=True)
-        source = hf_dir = tmp.name
-        about_source = 'random GPT-2-shaped weights'
-    elif init_from == 'resume':
-        model, _ = load_model('resume', out_dir)
-        try:
-            model.save_pretrained(tmp.name, vocab_size=model.config.vocab_size)
-            hf_dir = tmp.name
-        except ValueError as e:
-            print(f"no transformers row: {e}")
-        del model
-    else:
-        hf_dir = init_from if os.path.isdir(init_from) else hf_gpt2.hub_snapshot(init_from)
+# -----------------------------------------------------------------------------
+# mode 'train': the training step, as train.py takes it (without DDP)
 
-    def load(wd):
-        model, _ = load_model(source, out_dir, weight_dtype=wd)
-        return model.to(device)
-
-    def weight_bytes(model, float32=False):
-        """
-        Bytes of weights one decoding step reads: every matmul's (the embedding lookup reads one row);
-        float32: as many weights in float32.
-        """
-        return sum(b.numel() * 4 if float32 else b.nbytes for m in model.modules()
-                   if isinstance(m, (torch.nn.Linear, LowPrecisionLinear))
-                   for name, b in [*m.named_parameters(), *m.named_buffers()]
-                   if name == 'weight' or (name == 'scales' and not float32))
-
-    def stream_bandwidth():
-        """Bytes/s this device reads when it streams: the best of 6 sums of a 1 GiB float32 tensor."""
-        a = torch.ones(2**28, device=device)
-        best = float('inf')
-        for _ in range(6):
-            sync()
-            t0 = time.perf_counter()
-            a.sum().item()
-            best = min(best, time.perf_counter() - t0)
-        return a.nbytes / best
-
-    bandwidth = stream_bandwidth()
-    print(f"device: {device}, dtype: {dtype}, {about_source}, {max_new_tokens} new tokens from a 4-token prompt, "
-          f"sampling at temperature 1 over the whole vocabulary; each row the fastest of {repeats} runs "
-          f"(the uncached row: 1)")
-    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s (streaming a 1 GiB tensor); 'limit' is that over the bytes "
-          f"of weights a step reads, times the batch")
-
-    def ours(model, x, n, use_cache):
-        """(tokens/s, seconds to the first token)"""
+def measured_matmul_flops(device, dtype, n=2048, repeat=5):
+    """
+    The FLOP/s of the best of a few n x n matmuls in dtype: a practical peak for devices no table
+    knows (CPUs, MPS), the rate their BLAS reaches on large, easy shapes (a spec sheet's is higher).
+    """
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    a, b = torch.randn(2, n, n, device=device).to(ptdtype)
+    best = float('inf')
+    for _ in range(repeat + 1):  # the first warms up
+        if device.type == 'mps':
+            torch.mps.synchronize()
         t0 = time.perf_counter()
-        first = None
-        for _ in model.generate_stream(x, n, use_cache=use_cache):
-            if first is None:
-                sync()
-                first = time.perf_counter() - t0
-        sync()
-        return x.size(0) * n / (time.perf_counter() - t0), first
+        a @ b
+        if device.type == 'mps':
+            torch.mps.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
 
-    def theirs(hf, x, n):
-        def run(k):
-            t0 = time.perf_counter()
-            hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k, min_new_tokens=k, do_sample=True,
-                        top_k=0, pad_token_id=0)
-            sync()
-            return time.perf_counter() - t0
-        first = run(1)
-        return x.size(0) * n / run(n), first
 
-    shared = {}  # the prompts and the float32 weights' bytes, from the first row
-
-    def measure(name, B, make, fn, runs=repeats):
-        """
-        One row: load the model (make), warm up, time fn(model, x, n) runs times and keep the most
-        tokens/s and the least time to the first token; memory counts the loading too.
-        """
-        import gc
-        gc.collect()
-        if device.type == 'cuda':
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        with PeakAnonMemory(interval=0.01) as mem, torch.no_grad(), ctx:  # (more often slows the timed loop)
-            model = make()
-            if isinstance(model, GPT):
-                shared.setdefault('float32_bytes', weight_bytes(model, float32=True))
-                shared.setdefault('block_size', model.config.block_size)
-                x = shared.setdefault(B, torch.randint(model.config.vocab_size, (B, 4), device=device))
-                limit = B * bandwidth / weight_bytes(model)
-                model = for_inference(model, device, dtype, batch_size=B)
-            else:  # transformers' float32 GPT-2, whose matmuls are Conv1D modules: the same bytes as ours
-                x = shared[B]
-                limit = B * bandwidth / shared['float32_bytes']
-            fn(model, x, 4)  # warm-up
-            timings = [fn(model, x, max_new_tokens) for _ in range(runs)]
-            tps, first = max(t for t, _ in timings), min(f for _, f in timings)
-        peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else mem.peak
-        peak = f"{peak / 2**20:>7.0f}MB" if peak is not None else f"{'n/a':>9}"
-        print(f"{B:>5} {name:<30} {tps:>9.1f} {first * 1000:>10.1f}ms {peak} {limit:>9.1f}", flush=True)
-        return tps
-
-    if device.type == 'cpu':
-        print("peak mem: the most anonymous memory (RssAnon: not the memory-mapped weights file) the process held "
-              "while the row loaded and sampled (with what earlier rows left: run one weight_dtype for its own)")
-    print(f"{'batch':>5} {'method':<30} {'tokens/s':>9} {'first token':>12} {'peak mem':>9} {'limit':>9}")
-    for B in ([num_samples] if num_samples else [1, 8]):
-        results = {}
-        for wd in weight_dtypes:
-            results[wd] = measure(f"ours, {wd}, KV cache", B, lambda: load(wd), lambda m, x, n: ours(m, x, n, True))
-        if no_cache:
-            results['no cache'] = measure("ours, float32, no cache", B, lambda: load('float32'),
-                                          lambda m, x, n: ours(m, x, n, False), runs=1)  # slow: once
-        if hf_dir and 4 + max_new_tokens > shared['block_size']:
-            print(f"{B:>5} no transformers row: its GPT-2 cannot generate past its {shared['block_size']} positions")
-        elif hf_dir:
-            from transformers import GPT2LMHeadModel
-            from transformers.utils import logging as hf_logging
-            hf_logging.disable_progress_bar()
-            results['transformers'] = measure("transformers generate, float32", B,
-                                              lambda: GPT2LMHeadModel.from_pretrained(hf_dir).to(device).eval(),
-                                              theirs)
-        ratios = lambda base, names: ', '.join(f"{w} {results[w] / results[base]:.2f}x" for w in names if w != base)
-        summary = []
-        if 'float32' in results and len(weight_dtypes) > 1:
-            summary.append(f"against float32: {ratios('float32', weight_dtypes)}")
-        if 'transformers' in results:
-            summary.append(f"against transformers: {ratios('transformers', weight_dtypes)}")
-        if 'no cache' in results and 'float32' in results:
-            summary.append(f"KV cache against none: {results['float32'] / results['no cache']:.2f}x")
-        print(f"{B:>5} " + '; '.join(summary))
-
-    if quality_positions:
-        # each reduced model against the float32 one, teacher-forced: the loss on the next token, and
-        # how often the likeliest next token is the same
-        val = os.path.join('data', dataset, 'val.bin')
-        reference = None
-        for wd in ('float32', *[d for d in weight_dtypes if d != 'float32']):
-            model = load(wd).eval()
-            if reference is None:  # sequences of the model's context, up to 1024, from the whole file
-                T, vocab = min(model.config.block_size, 1024), model.config.vocab_size
-                if os.path.isfile(val):
-                    data, about = np.memmap(val, dtype=np.uint16, mode='r'), val
-                else:
-                    data = np.random.default_rng(seed).integers(0, vocab, 2**20).astype(np.uint16)
-                    about = 'random tokens'
-                starts = np.linspace(0, len(data) - T - 2, max(1, -(-quality_positions // T))).astype(np.int64)
-            losses, argmax = [], []
-            with torch.no_grad(), ctx:
-                for i in starts:
-                    chunk = torch.from_numpy(data[i:i + T + 1].astype(np.int64)).to(device)
-                    logits, _ = model(chunk[None, :-1], chunk[None, 1:])  # (1, T, vocab)
-                    logits = logits[0].float()
-                    losses.append(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction='none'))
-                    argmax.append(logits.argmax(-1))
-            loss, argmax = torch.cat(losses), torch.cat(argmax)
-            if wd == 'float32':
-                reference = dict(loss=loss.mean().item(), argmax=argmax)
-                print(f"against float32 on {len(loss):,} positions of {about} (teacher-forced):")
-                print(f"{'weights':<9} {'loss':>8} {'change':>8} {'same argmax':>12}")
-                print(f"{'float32':<9} {reference['loss']:>8.4f}")
-            else:
-                agree = (argmax == reference['argmax']).float().mean().item()
-                print(f"{wd:<9} {loss.mean().item():>8.4f} {loss.mean().item() - reference['loss']:>+8.4f} "
-                      f"{agree * 100:>11.2f}%")
-            del model
-    tmp.cleanup()
-elif mode == 'memory':
-    # what training keeps on each process between steps: float32 weights, their gradients and AdamW's
-    # two moments, 16 bytes a parameter under DDP on every process; FSDP shards all of it N ways
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          bias=bias)).to(device)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{n:,} parameters; weights + gradients + AdamW state per process (activations not included):")
-    for world in (1, 8):
-        print(f"{world:>3} processes: DDP {16 * n / 2**30:8.2f} GiB, FSDP {16 * n / world / 2**30:8.2f} GiB")
-    if ddp:  # measured: one training step on this process's share
-        from torch.distributed.tensor import DTensor
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        start_ddp(device)
-        wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
-            DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
-        optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
-        local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
-        x = torch.randint(50304, (batch_size, block_size), device=device)
-        with ctx:
-            _, loss = wrapped(x, x)
-        loss.backward()
-        grads = local(p.grad for p in model.parameters())
-        optimizer.step()
-        state = local(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
-        weights = local(model.parameters())
-        if ddp_rank == 0:
-            print(f"measured on rank 0 of {ddp_world_size} ({parallelism}): weights {weights / 2**20:.1f} MiB, "
-                  f"gradients {grads / 2**20:.1f} MiB, AdamW state {state / 2**20:.1f} MiB, "
-                  f"total {(weights + grads + state) / 2**20:.1f} MiB")
-        end_ddp()
-else:
-    # data loading init
+def bench_train():
     data_dir = os.path.join('data', dataset)
     meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
     vocab_size = meta['vocab_size'] if meta else 50304
     train_path = os.path.join(data_dir, 'train.bin')
     if real_data and os.path.isfile(train_path):
-        import numpy as np
         train_data = np.memmap(train_path, dtype=np.uint16, mode='r')
         get = lambda it, micro: get_batch(train_data, batch_size, block_size, (seed, 0, it, micro), device)
         print(f"data: {train_path}")
@@ -296,14 +131,13 @@ else:
         get = lambda it, micro: (x, x)
         print(f"data: random tokens{'' if not real_data else f' ({train_path} not found)'}")
 
-    # model init
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          dropout=dropout, bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
-    onednn = fast_cpu_matmuls(model, device, dtype)  # as train.py does
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
+    raw_model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                              n_embd=n_embd, dropout=dropout, bias=bias,
+                              **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
+    onednn = fast_cpu_matmuls(raw_model, device, dtype)  # as train.py does
+    opt = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
-    raw_model = model
-    model = maybe_compile(model, compile, device)
+    model = maybe_compile(raw_model, compile, device)
     peak = find_peak_flops(device, dtype, peak_flops)
     peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
     if peak is None and device.type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
@@ -312,9 +146,8 @@ else:
           f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
           f"{', float32 matmuls on oneDNN' if onednn else ''}")
 
-
     def train_step(it):
-        """One optimizer step, as train.py takes it (without DDP): the mean loss, still on device."""
+        """One optimizer step: the mean loss, still on device."""
         loss_accum = torch.zeros((), device=device)
         for micro in range(gradient_accumulation_steps):
             X, Y = get(it, micro)
@@ -323,9 +156,8 @@ else:
                 loss = loss / gradient_accumulation_steps
             scaler.scale(loss).backward()
             loss_accum += loss.detach()
-        optimizer_step(model, optimizer, scaler, grad_clip)
+        optimizer_step(model, opt, scaler, grad_clip)
         return loss_accum
-
 
     if profile:
         # useful docs on pytorch profiler:
@@ -348,17 +180,239 @@ else:
         sort_by = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
         print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
         print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
-    else:
-        for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
+        return
+    for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
+        sync()
+        t0 = time.time()
+        for k in range(steps):
+            lossf = train_step(k).item()
+            print(f"{k}/{steps} loss: {lossf:.4f}")
+        sync()
+        dt = (time.time() - t0) / steps
+    tokens = batch_size * block_size * gradient_accumulation_steps
+    mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
+    mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.3g} TFLOP/s ({peak_source})" if mfu is not None else \
+        "n/a (peak unknown for this GPU: set --peak_flops=<FLOP/s>)"
+    print(f"time per iteration: {dt * 1000:.2f}ms, tokens/s: {tokens / dt:,.0f}, MFU: {mfu_str}")
+
+
+# -----------------------------------------------------------------------------
+# mode 'generate': every row loads its model as sample.py does (loading.load_model), from one source
+
+def generation_source(tmp):
+    """
+    (source for load_model, a Hugging Face directory for the transformers row or None, what it is):
+    random GPT-2-shaped weights written to tmp for init_from='scratch', else the checkpoint
+    ('resume'), GPT-2 name or local directory, exported to tmp for transformers where it can be.
+    """
+    if init_from == 'scratch':
+        # made in a process of its own, so that this one's memory starts clean for the rows
+        import subprocess
+        import sys
+        args = dict(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
+                    **{k: globals()[k] for k in MODEL_OPTIONS})
+        subprocess.run([sys.executable, '-c', 'import sys, json, torch; from model import GPT, GPTConfig; '
+                        f'torch.manual_seed({seed}); GPT(GPTConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])',
+                        json.dumps(args), tmp], check=True)
+        return tmp, tmp, 'random GPT-2-shaped weights'
+    if init_from == 'resume':
+        model, _ = load_model('resume', out_dir)
+        try:
+            model.save_pretrained(tmp, vocab_size=model.config.vocab_size)
+            return 'resume', tmp, out_dir
+        except ValueError as e:
+            print(f"no transformers row: {e}")
+            return 'resume', None, out_dir
+    import hf_gpt2
+    return init_from, init_from if os.path.isdir(init_from) else hf_gpt2.hub_snapshot(init_from), init_from
+
+
+def stream_bandwidth():
+    """Bytes/s this device reads when it streams: the best of 6 sums of a 1 GiB float32 tensor."""
+    a = torch.ones(2**28, device=device)
+    best = float('inf')
+    for _ in range(6):
+        sync()
+        t0 = time.perf_counter()
+        a.sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best
+
+
+def weight_bytes(model):
+    """Bytes of weights one decoding step reads: every matmul's (an embedding lookup reads one row)."""
+    return sum(t.nbytes for m in model.modules() if not isinstance(m, torch.nn.Embedding)
+               for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+               if (name == 'weight' and t.dim() == 2) or name == 'scales')
+
+
+def generate_ours(model, x, n, use_cache):
+    """(tokens/s, seconds to the first token) of our generate_stream."""
+    t0 = time.perf_counter()
+    first = None
+    for _ in model.generate_stream(x, n, use_cache=use_cache):
+        if first is None:
             sync()
-            t0 = time.time()
-            for k in range(steps):
-                lossf = train_step(k).item()
-                print(f"{k}/{steps} loss: {lossf:.4f}")
-            sync()
-            dt = (time.time() - t0) / steps
-        tokens = batch_size * block_size * gradient_accumulation_steps
-        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
-        mfu_str = f"{mfu * 100:.2f}% of {peak / 1e12:.3g} TFLOP/s ({peak_source})" if mfu is not None else \
-            "n/a (peak unknown for this GPU: set --peak_flops=<FLOP/s>)"
-        print(f"time per iteration: {dt * 1000:.2f}ms, tokens/s: {tokens / dt:,.0f}, MFU: {mfu_str}")
+            first = time.perf_counter() - t0
+    sync()
+    return x.size(0) * n / (time.perf_counter() - t0), first
+
+
+def generate_transformers(hf, x, n):
+    """(tokens/s, seconds to the first token) of transformers' generate, sampling over the whole vocabulary."""
+    def run(k):
+        t0 = time.perf_counter()
+        hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k, min_new_tokens=k, do_sample=True,
+                    top_k=0, pad_token_id=0)
+        sync()
+        return time.perf_counter() - t0
+    first = run(1)
+    return x.size(0) * n / run(n), first
+
+
+def measure(name, B, load, generate, bandwidth, runs):
+    """
+    One row: load a model, warm up, time generate(model, x, n) runs times on the batch's prompts and
+    keep the most tokens/s and the least time to the first token; memory counts the loading too.
+    """
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    with PeakAnonMemory(interval=0.01) as mem, torch.no_grad(), ctx:  # (sampling more often slows the timed loop)
+        model = load()
+        limit = B * bandwidth / weight_bytes(model)
+        if isinstance(model, GPT):
+            model = for_inference(model, device, dtype, batch_size=B)
+        # the same prompts for every row of a batch size
+        x = torch.randint(model.config.vocab_size, (B, 4), generator=torch.Generator().manual_seed(seed)).to(device)
+        generate(model, x, 4)  # warm-up
+        timings = [generate(model, x, max_new_tokens) for _ in range(runs)]
+        tps, first = max(t for t, _ in timings), min(f for _, f in timings)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else mem.peak
+    peak = f"{peak / 2**20:>7.0f}MB" if peak is not None else f"{'n/a':>9}"
+    print(f"{B:>5} {name:<30} {tps:>9.1f} {first * 1000:>10.1f}ms {peak} {limit:>9.1f}", flush=True)
+    return tps
+
+
+def quality_table(source):
+    """Each reduced model against the float32 one, teacher-forced: the loss on the next token, and how often the likeliest is the same."""
+    val = os.path.join('data', dataset, 'val.bin')
+    reference = None
+    for wd in ('float32', *[d for d in weight_dtypes if d != 'float32']):
+        model = load_model(source, out_dir, weight_dtype=wd)[0].to(device)
+        if reference is None:  # sequences of the model's context, up to 1024, from the whole file
+            T, vocab = min(model.config.block_size, 1024), model.config.vocab_size
+            if os.path.isfile(val):
+                data, about = np.memmap(val, dtype=np.uint16, mode='r'), val
+            else:
+                data = np.random.default_rng(seed).integers(0, vocab, 2**20).astype(np.uint16)
+                about = 'random tokens'
+            starts = np.linspace(0, len(data) - T - 2, max(1, -(-quality_positions // T))).astype(np.int64)
+        losses, argmax = [], []
+        with torch.no_grad(), ctx:
+            for i in starts:
+                chunk = torch.from_numpy(data[i:i + T + 1].astype(np.int64)).to(device)
+                logits, _ = model(chunk[None, :-1], chunk[None, 1:])  # (1, T, vocab)
+                logits = logits[0].float()
+                losses.append(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction='none'))
+                argmax.append(logits.argmax(-1))
+        loss, argmax = torch.cat(losses), torch.cat(argmax)
+        if wd == 'float32':
+            reference = dict(loss=loss.mean().item(), argmax=argmax)
+            print(f"against float32 on {len(loss):,} positions of {about} (teacher-forced):")
+            print(f"{'weights':<9} {'loss':>8} {'change':>8} {'same argmax':>12}")
+            print(f"{'float32':<9} {reference['loss']:>8.4f}")
+        else:
+            agree = (argmax == reference['argmax']).float().mean().item()
+            print(f"{wd:<9} {loss.mean().item():>8.4f} {loss.mean().item() - reference['loss']:>+8.4f} "
+                  f"{agree * 100:>11.2f}%")
+        del model
+
+
+def bench_generate():
+    tmp = tempfile.TemporaryDirectory()
+    source, hf_dir, about_source = generation_source(tmp.name)
+    bandwidth = stream_bandwidth()
+    print(f"device: {device}, dtype: {dtype}, {about_source}, {max_new_tokens} new tokens from a 4-token prompt, "
+          f"sampling at temperature 1 over the whole vocabulary; each row the fastest of {repeats} runs "
+          f"(the uncached row: 1)")
+    print(f"memory bandwidth: {bandwidth / 1e9:.1f} GB/s (streaming a 1 GiB tensor); 'limit' is that over the bytes "
+          f"of weights a step reads, times the batch")
+    if device.type == 'cpu':
+        print("peak mem: the most anonymous memory (RssAnon: not the memory-mapped weights file) the process held "
+              "while the row loaded and sampled (with what earlier rows left: run one weight_dtype for its own)")
+    print(f"{'batch':>5} {'method':<30} {'tokens/s':>9} {'first token':>12} {'peak mem':>9} {'limit':>9}")
+    ours = lambda wd: lambda: load_model(source, out_dir, weight_dtype=wd)[0].to(device)
+    for B in ([num_samples] if num_samples else [1, 8]):
+        results = {}
+        for wd in weight_dtypes:
+            results[wd] = measure(f"ours, {wd}, KV cache", B, ours(wd),
+                                  lambda m, x, n: generate_ours(m, x, n, True), bandwidth, repeats)
+        if no_cache:
+            results['no cache'] = measure("ours, float32, no cache", B, ours('float32'),
+                                          lambda m, x, n: generate_ours(m, x, n, False), bandwidth, 1)  # slow: once
+        if hf_dir:
+            with open(os.path.join(hf_dir, 'config.json')) as f:
+                positions = json.load(f)['n_positions']
+        if hf_dir and 4 + max_new_tokens > positions:
+            print(f"{B:>5} no transformers row: its GPT-2 cannot generate past its {positions} positions")
+        elif hf_dir:
+            from transformers import GPT2LMHeadModel
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
+            results['transformers'] = measure("transformers generate, float32", B,
+                                              lambda: GPT2LMHeadModel.from_pretrained(hf_dir).to(device).eval(),
+                                              generate_transformers, bandwidth, repeats)
+        ratios = lambda base, names: ', '.join(f"{w} {results[w] / results[base]:.2f}x" for w in names if w != base)
+        summary = []
+        if 'float32' in results and len(weight_dtypes) > 1:
+            summary.append(f"against float32: {ratios('float32', weight_dtypes)}")
+        if 'transformers' in results:
+            summary.append(f"against transformers: {ratios('transformers', weight_dtypes)}")
+        if 'no cache' in results and 'float32' in results:
+            summary.append(f"KV cache against none: {results['float32'] / results['no cache']:.2f}x")
+        print(f"{B:>5} " + '; '.join(summary))
+    if quality_positions:
+        quality_table(source)
+    tmp.cleanup()
+
+
+# -----------------------------------------------------------------------------
+# mode 'memory': what training keeps on each process between steps: float32 weights, their
+# gradients and AdamW's two moments, 16 bytes a parameter under DDP on every process; FSDP shards
+# all of it N ways
+
+def bench_memory():
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          bias=bias)).to(device)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{n:,} parameters; weights + gradients + AdamW state per process (activations not included):")
+    for world in (1, 8):
+        print(f"{world:>3} processes: DDP {16 * n / 2**30:8.2f} GiB, FSDP {16 * n / world / 2**30:8.2f} GiB")
+    if not ddp:
+        return
+    # measured: one training step on this process's share
+    from torch.distributed.tensor import DTensor
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    start_ddp(device)
+    wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
+        DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
+    opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
+    local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
+    x = torch.randint(50304, (batch_size, block_size), device=device)
+    with ctx:
+        _, loss = wrapped(x, x)
+    loss.backward()
+    grads = local(p.grad for p in model.parameters())
+    opt.step()
+    state = local(t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    weights = local(model.parameters())
+    if ddp_rank == 0:
+        print(f"measured on rank 0 of {ddp_world_size} ({parallelism}): weights {weights / 2**20:.1f} MiB, "
+              f"gradients {grads / 2**20:.1f} MiB, AdamW state {state / 2**20:.1f} MiB, "
+              f"total {(weights + grads + state) / 2**20:.1f} MiB")
+    end_ddp()
+
+
+{'train': bench_train, 'generate': bench_generate, 'memory': bench_memory}[mode]()

@@ -1,27 +1,17 @@
 """
-A run's out_dir: checkpoints written atomically and read safely, the model a checkpoint describes
-(load_model: the one shared place that imports model.py), one run per out_dir, Ctrl-C that ends
-the run cleanly, and metrics.jsonl.
+Checkpoints: ckpt.pt and the optimizer state beside it (one file, or DCP shards under FSDP), written
+atomically so that a kill never leaves a broken pair, and read safely (no pickled code runs).
 """
 
-import json
 import os
 import pickle
 import shutil
-import sys
 import warnings
 
 import torch
 
-from dataloader import load_meta
-import hf_gpt2
-from model import GPT, GPTConfig
-from quantize import build_model
 from util import die
 
-
-# -----------------------------------------------------------------------------
-# checkpoints
 
 def strip_prefixes(state_dict):
     """Drop the '_orig_mod.' (torch.compile) and 'module.' (DDP) prefixes older checkpoints carry."""
@@ -67,8 +57,8 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state):
     that sample.py and export.py read); the optimizer state, twice that size, goes to
     out_dir/optimizer-<iter>.pt, which ckpt.pt names. The optimizer file is written first and the
     previous one removed last, so a kill at any moment leaves a ckpt.pt whose optimizer file exists.
-    If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays. A Ctrl-C
-    meanwhile (exit_on_interrupt) takes effect once the save is complete.
+    If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays. (The
+    caller defers Ctrl-C meanwhile: out_dir.ExitOnInterrupt.deferred.)
     """
     name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
     path = os.path.join(out_dir, name)
@@ -126,24 +116,17 @@ def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):
 
 def _save_pair(out_dir, checkpoint, name, write_optimizer, discard):
     """The optimizer state (name in out_dir), then ckpt.pt naming it (if checkpoint), then the old state goes."""
-    global _saving
-    _saving = True
-    try:
-        write_optimizer()
-        if checkpoint is not None:
-            try:
-                _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
-            except BaseException:
-                discard()
-                raise
-            for f in os.listdir(out_dir):
-                if f.startswith('optimizer-') and f != name:
-                    old = os.path.join(out_dir, f)
-                    shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
-    finally:
-        _saving = False
-    if _stop is not None:
-        _stop()
+    write_optimizer()
+    if checkpoint is not None:
+        try:
+            _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+        except BaseException:
+            discard()
+            raise
+        for f in os.listdir(out_dir):
+            if f.startswith('optimizer-') and f != name:
+                old = os.path.join(out_dir, f)
+                shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
 
 
 def _load(path, trust, mmap=False):
@@ -219,156 +202,3 @@ def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False
         optimizer.load_state_dict(state['optimizer'])
     if state.get('scaler'):
         scaler.load_state_dict(state['scaler'])
-
-
-def model_from_checkpoint(checkpoint, weight_dtype='float32', **overrides):
-    """
-    The GPT a checkpoint describes, with its weights, its Linears in weight_dtype (quantize.py);
-    overrides (e.g. dropout) replace config fields.
-    """
-    args = {**checkpoint['model_args'], **checkpoint.get('model_options', {}), **overrides}
-    unknown = set(args) - set(GPTConfig.__dataclass_fields__)
-    if unknown:
-        die(f"the checkpoint's model has options this model.py does not know: {', '.join(sorted(unknown))}")
-    config = GPTConfig(**args)
-    try:
-        if weight_dtype != 'float32':
-            return build_model(config, strip_prefixes(checkpoint['model']).items(), weight_dtype)
-        model = GPT(config)
-        model.load_state_dict(strip_prefixes(checkpoint['model']))
-    except (RuntimeError, ValueError) as e:
-        lines = str(e).splitlines()
-        die(f"checkpoint weights do not match its model_args: {lines[min(1, len(lines) - 1)].strip()[:200]}")
-    return model
-
-
-def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
-    """
-    An eval-mode model to sample or evaluate with, its Linears in weight_dtype (reduced as they are
-    read: the float32 weights are never all in memory), and the character vocabulary it needs (or
-    None for GPT-2 BPE): init_from 'resume' reads out_dir/ckpt.pt, anything else is a GPT-2 name or
-    a local Hugging Face GPT-2 directory.
-    """
-    meta = None
-    if init_from == 'resume':
-        checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust, mmap=True)
-        model = model_from_checkpoint(checkpoint, weight_dtype, dropout=0.0)
-        dataset = checkpoint.get('config', {}).get('dataset')
-        if dataset:  # a character-level model comes with its dataset's vocabulary
-            meta = load_meta(os.path.join('data', dataset))
-            if meta is not None:
-                meta['dataset'] = dataset
-    else:
-        try:
-            model = hf_gpt2.from_pretrained(init_from, dict(dropout=0.0), weight_dtype)
-        except (ValueError, OSError) as e:
-            die(str(e))
-    return model.eval(), meta
-
-
-# -----------------------------------------------------------------------------
-# a run's out_dir: one run at a time, Ctrl-C, and the record of its losses
-
-def lock_out_dir(out_dir):
-    """
-    Hold out_dir/lock for the life of this process, or exit with one line naming the run that holds
-    it: two runs writing the same checkpoints would destroy each other's. The lock is the kernel's
-    (flock), so a run killed with kill -9 leaves a file but no lock, and the next run simply takes
-    it. Where there is no flock (Windows), runs are not locked. Returns the function that releases
-    the lock (atexit calls it too), for a process that ends without atexit (common.end_ddp).
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    path = os.path.join(out_dir, 'lock')
-    while True:
-        f = open(path, 'a+')
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or 'unknown'
-            die(f"{out_dir} is in use by another training run (PID {holder}); wait for it, stop it, or "
-                f"choose another --out_dir")
-        try:  # the file may have been removed by the run that held it just before: lock the current one
-            if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-
-    def release():
-        if not f.closed:
-            os.remove(path)  # before the lock goes, so a waiting run never locks a removed file
-            f.close()
-    import atexit
-    atexit.register(release)
-    return release
-
-
-def exit_on_interrupt(where=None):
-    """
-    Ctrl-C (SIGINT) ends the script with one line on stderr, 'interrupted ' + where() (nothing where
-    where is None: the other DDP ranks), and exit status 130, instead of a KeyboardInterrupt traceback.
-    It raises SystemExit, at once, or once the checkpoint being written is complete: stopping a
-    torch.save midway leaves its writer in a state that fails again on the way out.
-    """
-    import signal
-
-    def stop():
-        if where is not None:
-            print(f"\ninterrupted {where()}", file=sys.stderr, flush=True)
-        raise SystemExit(130)
-
-    def handler(signum, frame):
-        global _stop
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
-        if _saving:
-            _stop = stop  # save_checkpoint calls it when the files are in place
-        else:
-            stop()
-    signal.signal(signal.SIGINT, handler)
-
-
-_saving = False  # save_checkpoint is writing files
-_stop = None  # a Ctrl-C that came while it was
-
-
-class MetricsLog:
-    """
-    out_dir/metrics.jsonl: one JSON object per log line and per evaluation, each with its 'iter',
-    so a run can be read or plotted without wandb. A run started at iteration iter_num (a resume)
-    keeps the entries of the iterations before it and drops the rest, which it is about to redo:
-    the record never holds an iteration twice.
-    """
-
-    def __init__(self, path, iter_num):
-        self.path = path
-        kept = []
-        if iter_num > 0 and os.path.isfile(path):
-            with open(path, encoding='utf-8') as f:
-                for line in f:
-                    try:
-                        if json.loads(line)['iter'] < iter_num:
-                            kept.append(line if line.endswith('\n') else line + '\n')
-                    except (ValueError, KeyError, TypeError):
-                        pass  # a line cut short by a kill
-        try:
-            with open(path + '.tmp', 'w', encoding='utf-8') as f:
-                f.writelines(kept)
-            os.replace(path + '.tmp', path)
-            self.file = open(path, 'a', encoding='utf-8')
-        except OSError as e:
-            die(f"{e.strerror.lower()} writing {path}")
-
-    def log(self, **entry):
-        try:
-            self.file.write(json.dumps(entry) + '\n')
-            self.file.flush()
-        except OSError as e:
-            die(f"{e.strerror.lower()} writing {self.path}")

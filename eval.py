@@ -12,9 +12,10 @@ import os
 import time
 
 import tasks
-from checkpoints import load_model
-from common import ddp_ranks, end_ddp, fast_cpu_matmuls, setup_device, start_ddp
 from dataloader import get_tokenizer
+from device import fast_cpu_matmuls, setup_device
+from distributed import ddp_ranks, end_ddp, start_ddp
+from loading import load_model
 from quantize import weight_dtype_error
 from util import die
 

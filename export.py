@@ -7,7 +7,8 @@ A character-level model keeps its own vocabulary (data/<dataset>/meta.json), not
 """
 import os
 
-from checkpoints import load_checkpoint, model_from_checkpoint
+from checkpoints import load_checkpoint
+from loading import model_from_checkpoint
 from util import die
 
 # -----------------------------------------------------------------------------

@@ -1,10 +1,6 @@
 """
-GPT-2 in and out of Hugging Face's format, beside the model rather than in it (gpt-fast keeps its
-checkpoint conversion apart too): a local directory (config.json with model.safetensors or
-pytorch_model.bin) or one of OpenAI's four GPT-2s from the Hub cache, in; a directory that
-transformers' GPT2LMHeadModel.from_pretrained loads with the same logits, out.
-Hugging Face stores the four matmul weights of a block as Conv1D, (in, out); nn.Linear keeps
-(out, in), so those are transposed each way.
+Hugging Face's GPT-2 format, read and written: names, Conv1D transposes and config.json, for a local
+directory or one of OpenAI's four GPT-2s from the Hub cache (loading.py builds the model from it).
 """
 import json
 import os
@@ -12,9 +8,8 @@ import os
 import torch
 from safetensors import safe_open
 
-from model import GPTConfig
-from quantize import build_model
-
+# Hugging Face stores the four matmul weights of a block as Conv1D, (in, out); nn.Linear keeps
+# (out, in), so those are transposed each way
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
@@ -66,9 +61,9 @@ def read_weights(path, views=False):
 
 def read_pretrained(name_or_dir, override_args=None, views=False):
     """
-    (GPTConfig, weights) of a GPT-2, its shape from config.json and weights as (name, float32
-    tensor) pairs in our model's names, read one at a time (views: see read_weights); only dropout
-    may be overridden.
+    (GPTConfig arguments, weights) of a GPT-2, its shape from config.json and weights as (name,
+    float32 tensor) pairs in our model's names, read one at a time (views: see read_weights); only
+    dropout may be overridden.
     """
     override_args = override_args or {}
     assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
@@ -78,10 +73,9 @@ def read_pretrained(name_or_dir, override_args=None, views=False):
     act = hf.get('activation_function', 'gelu_new')
     if act not in ('gelu_new', 'gelu_pytorch_tanh', 'gelu'):
         raise ValueError(f"{path}: activation_function {act!r} is not supported")
-    config = GPTConfig(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'],
-                       block_size=hf['n_positions'], vocab_size=hf['vocab_size'], bias=True,
-                       dropout=override_args.get('dropout', 0.0),
-                       activation='gelu' if act == 'gelu' else 'gelu_tanh')
+    config = dict(n_layer=hf['n_layer'], n_head=hf['n_head'], n_embd=hf['n_embd'], block_size=hf['n_positions'],
+                  vocab_size=hf['vocab_size'], bias=True, dropout=override_args.get('dropout', 0.0),
+                  activation='gelu' if act == 'gelu' else 'gelu_tanh')
 
     def weights():
         for k, v in read_weights(path, views):
@@ -90,15 +84,6 @@ def read_pretrained(name_or_dir, override_args=None, views=False):
                 continue  # causal-mask buffers of old checkpoints; lm_head is tied to wte
             yield 'transformer.' + k, v
     return config, weights()
-
-
-def from_pretrained(name_or_dir, override_args=None, weight_dtype='float32'):
-    """A GPT with GPT-2's weights (see read_pretrained), its Linears in weight_dtype (quantize.py)."""
-    config, weights = read_pretrained(name_or_dir, override_args, views=weight_dtype != 'float32')
-    try:
-        return build_model(config, weights, weight_dtype)
-    except ValueError as e:
-        raise ValueError(f"{name_or_dir}: {e}") from None
 
 
 def save_pretrained(model, directory, vocab_size=None):

@@ -23,8 +23,6 @@ Where this model differs from GPT-2 (each is a GPTConfig switch):
   or ALiBi positions there is no wpe, and a sequence may be longer than block_size: each token
   then attends to the last block_size tokens, itself included (a sliding window), which is what
   lets the KV cache keep generating past block_size without recomputing anything.
-Linear weights are stored (out, in) as in torch; GPT-2 checkpoints store them (in, out)
-(its "Conv1D"), so loading and exporting (hf_gpt2.py) transposes those four matrices per block.
 """
 
 import math
@@ -222,8 +220,7 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        assert config.vocab_size is not None
-        assert config.block_size is not None
+        assert config.vocab_size is not None and config.block_size is not None
         self.config = config
 
         for name, value, allowed in (('activation', config.activation, ('gelu', 'gelu_tanh', 'relu2')),
@@ -267,7 +264,7 @@ class GPT(nn.Module):
         """
         Compute attention over up to max_keys keys as two plain matmuls instead of calling
         scaled_dot_product_attention (0: never). The same numbers; which is faster depends on the
-        device's matmul library, so the caller decides (common.fast_cpu_matmuls).
+        device's matmul library, so the caller decides (device.fast_cpu_matmuls).
         """
         for block in self.transformer.h:
             block.attn.spelled_out_keys = max_keys
@@ -346,9 +343,12 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name (gpt2 ... gpt2-xl) or from a local Hugging Face directory: see hf_gpt2.py."""
-        import hf_gpt2
-        return hf_gpt2.from_pretrained(name_or_dir, override_args)
+        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts use loading.py)."""
+        import hf_gpt2  # Hugging Face's format alone: it imports nothing of ours
+        args, weights = hf_gpt2.read_pretrained(name_or_dir, override_args)
+        model, weights = cls(GPTConfig(**args)), dict(weights)
+        model.load_state_dict({**weights, 'lm_head.weight': weights['transformer.wte.weight']})  # tied
+        return model
 
     def save_pretrained(self, directory, vocab_size=None):
         """This model as a Hugging Face GPT-2 directory that transformers loads: see hf_gpt2.py."""

@@ -13,7 +13,6 @@ sqrt(max(1, rows / cols)) and decoupled weight decay; the state is torch's too (
 """
 
 import torch
-from torch.optim.adamw import adamw  # torch.optim.AdamW's own update, for the AdamW groups
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -39,7 +38,8 @@ def orthogonalize(G, dtype, steps=5, eps=1e-7):
 class MuonAdamW(torch.optim.Optimizer):
     """
     Parameter groups with muon=True get Muon (lr, momentum, weight_decay); the others AdamW
-    (lr, betas, eps, weight_decay), through torch's functional AdamW. The Newton-Schulz iteration runs
+    (lr, betas, eps, weight_decay), through a torch.optim.AdamW that updates this optimizer's
+    groups and state (so the state and its checkpoints are one optimizer's). The Newton-Schulz iteration runs
     in bfloat16 where the parameters' device has fast bfloat16 matmuls (CUDA GPUs, as torch.optim.Muon),
     else in float32 (several times faster than bfloat16 on CPUs without bfloat16 units).
     Under FSDP a matrix's gradient is gathered whole for the iteration (every process computes the
@@ -48,23 +48,21 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
         super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0, muon=False))
+        self._adamw = None  # made at the first step that has AdamW parameters
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             if group['muon']:
                 self._muon(group)
-                continue
-            params = [p for p in group['params'] if p.grad is not None]
-            for p in params:
-                if not self.state[p]:  # as torch.optim.AdamW keeps it (the step on the CPU)
-                    self.state[p].update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(p),
-                                         exp_avg_sq=torch.zeros_like(p))
-            states = [self.state[p] for p in params]
-            beta1, beta2 = group['betas']
-            adamw(params, [p.grad for p in params], [s['exp_avg'] for s in states], [s['exp_avg_sq'] for s in states],
-                  [], [s['step'] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group['lr'],
-                  weight_decay=group['weight_decay'], eps=group['eps'], maximize=False)
+        groups = [g for g in self.param_groups if not g['muon'] and g['params']]
+        if groups:
+            if self._adamw is None:
+                self._adamw = torch.optim.AdamW([p for g in groups for p in g['params']])
+            # AdamW's defaults under each of our groups' settings, which may have changed (the schedule, a resume)
+            self._adamw.param_groups = [{**self._adamw.defaults, **g} for g in groups]
+            self._adamw.state = self.state
+            self._adamw.step()
         return None
 
     def _muon(self, group):

@@ -1,29 +1,14 @@
 """
-Weight-only reduced precision for generation (sample.py's and eval.py's weight_dtype): the Linears
-of the blocks and the output head keep their weights in bfloat16, or in int8 with one scale per
-output row, so that each decoded token reads 2x or 4x fewer bytes of weights (at batch 1 decoding
-waits on memory, not on arithmetic). Norms, attention and embeddings stay in the model's dtype.
-
-build_model reduces each weight as it is read from a memory-mapped file, so loading never holds the
-float32 weights: a GPT-2 XL (6.2 GB in float32) samples in int8 within ~2.3 GB.
-
-int8 decoding (one position at a time, on CPUs) runs a matvec that Inductor (torch.compile's
-compiler) builds for each shape, with float32 activations (int8_matvec says why). Everything else with int8 weights runs PyTorch's own
-weight-only kernel, torch._weight_int8pack_mm (the one torchao's int8 weight-only configuration
-calls; torchao is not a dependency, and torch.ao's dynamic quantization rounds the activations to
-int8 too), with bfloat16 activations: on CPUs its float32 path is ~10x slower. Its output is rounded
-to bfloat16 (~|y| * 2^-9), and GPT-2's logits share a large offset: so the head is stored with its
-mean row taken out, and that row's product with the activation, the same for every token, is added
-back in float32. bfloat16 weights take oneDNN's packed kernel on CPUs (pack), else F.linear.
+Weights for inference (sample.py's and eval.py's weight_dtype): Linears with bfloat16 or int8
+weights, their reduction from float32 a block of rows at a time, float32 Linears pre-packed for
+oneDNN, and the kernels behind them, each private torch kernel checked once against public PyTorch.
 """
 import functools
-from dataclasses import replace
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from model import GPT
 
 WEIGHT_DTYPES = ('float32', 'bfloat16', 'int8')
 
@@ -41,8 +26,7 @@ def reduce_tensor(w, weight_dtype, center=False, rows=256):
     """
     A float (out, in) weight as the buffers of a LowPrecisionLinear: {'weight', 'scales', 'mean'}.
     It is converted a block of rows at a time through one float32 buffer, in place, so that loading
-    a model this way holds little besides the results (temporaries of many sizes would fragment
-    the heap: ~100 MB more for GPT-2 124M).
+    a model this way holds little besides the results (temporaries of many sizes fragment the heap).
     """
     out_features, in_features = w.shape
     mean = None
@@ -70,6 +54,80 @@ def reduce_tensor(w, weight_dtype, center=False, rows=256):
     return {'weight': out, 'scales': scales, 'mean': mean}
 
 
+# -----------------------------------------------------------------------------
+# the kernels: private torch ones are called here alone, each behind a public fallback that
+# computes the same thing, chosen once per process with at most one warning line
+
+@functools.cache
+def _warn_once(message):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _fallback(kernel, e):
+    _warn_once(f"{kernel} is not usable in this torch ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+               f"public PyTorch runs instead (the same numbers, slower)")
+
+
+@functools.cache
+def onednn_packing(dtype):
+    """
+    Whether oneDNN's pre-packed Linear kernels (torch.ops.mkldnn, the ones torch.compile's CPU
+    freezing pass emits) work here for dtype (torch.float32 or torch.bfloat16): they must exist
+    and match F.linear on a small example. Packed once, a weight skips its reorder at every call.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    x, w = torch.randn(3, 16).to(dtype), torch.randn(8, 16).to(dtype)
+    try:
+        if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False  # no bfloat16 units: nothing to gain
+        got = linear_packed(x, pack_linear_weight(w, 3), None)
+    except Exception as e:
+        _fallback('oneDNN packed Linear (torch.ops.mkldnn)', e)
+        return False
+    if not torch.allclose(got.float(), F.linear(x, w).float(), rtol=1e-2, atol=1e-2):
+        _fallback('oneDNN packed Linear (torch.ops.mkldnn)', ValueError('results differ from F.linear'))
+        return False
+    return True
+
+
+def pack_linear_weight(w, batch_size):
+    return torch.ops.mkldnn._reorder_linear_weight(w, batch_size)
+
+
+def linear_packed(x, w, bias):
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, 'none', [], '')
+
+
+def _int8_mm_public(x, weight, scales):
+    """x (N, in) bfloat16 times int8 rows scaled per row, in bfloat16, with public PyTorch."""
+    return F.linear(x, weight.to(x.dtype)) * scales
+
+
+@functools.cache
+def _int8_mm_private_works(device_type):
+    """Whether torch._weight_int8pack_mm (PyTorch's weight-only int8 kernel) exists and computes _int8_mm_public."""
+    x = torch.randn(2, 32, device=device_type).to(torch.bfloat16)
+    w = torch.randint(-127, 128, (8, 32), dtype=torch.int8, device=device_type)
+    s = torch.rand(8, device=device_type).to(torch.bfloat16)
+    try:
+        got = torch._weight_int8pack_mm(x, w, s)
+    except Exception as e:
+        _fallback('torch._weight_int8pack_mm', e)
+        return False
+    if not torch.allclose(got.float(), _int8_mm_public(x, w, s).float(), rtol=2e-2, atol=2e-2):
+        _fallback('torch._weight_int8pack_mm', ValueError('results differ from the dequantized matmul'))
+        return False
+    return True
+
+
+def int8_mm(x, weight, scales):
+    """x (N, in) bfloat16 times int8 weight rows (out, in) times their bfloat16 scales: (N, out) bfloat16."""
+    if _int8_mm_private_works(x.device.type):
+        return torch._weight_int8pack_mm(x, weight, scales)
+    return _int8_mm_public(x, weight, scales)
+
+
 def _int8_matvec(x, weight, scales, bias=None, mean=None):
     """
     x (1, in) float32 times the int8 rows (out, in), each dot product in float32 and scaled, plus
@@ -86,49 +144,47 @@ def _int8_matvec(x, weight, scales, bias=None, mean=None):
 @functools.cache
 def int8_matvec(out_features, in_features, bias=False, mean=False):
     """
-    _int8_matvec compiled for one shape of weight, with or without bias and mean (once per process
-    and shape, ~0.1 s from the disk cache), or None where it cannot be built (no C++ compiler): call
-    it as (x, weight, scales[, bias][, mean]). Decoding one token at a time multiplies each weight
-    matrix by one vector, and on CPUs torch._weight_int8pack_mm does that at ~11-15 GB/s: it reads
-    four rows at a time and stalls on memory; the loop Inductor writes for this expression walks
-    rows in order and streams them at ~21-26 GB/s (2-core Zen 4), with float32 activations (no
-    rounding to bfloat16). Not for rows longer than 4096 (GPT-2 XL's MLP down projection, 6400):
-    every form of the loop tried there streamed at 12-14 GB/s, against int8pack's ~19. The graph
-    goes to Inductor without Dynamo (make_fx, then torch._inductor.compile), so a call checks no
-    guards (the shapes are fixed): ~7 us a call instead of ~30, and a GPT-2 token makes ~50.
-    Written here only because PyTorch has no such kernel.
+    _int8_matvec compiled by Inductor for one shape of weight, with or without bias and mean (once
+    per process and shape), or None where it cannot be built (no C++ compiler): call it as
+    (x, weight, scales[, bias][, mean]). Decoding multiplies each weight matrix by one vector, and
+    torch._weight_int8pack_mm reads four rows at a time there and stalls on memory, where the loop
+    Inductor writes walks the rows in order and streams them (docs/sampling.md). The graph goes to
+    Inductor without Dynamo (make_fx, then the private torch._inductor.compile), so a call checks no
+    guards (the shapes are fixed). Written here because PyTorch has no such kernel.
     """
     import logging
     import warnings
     from torch.fx.experimental.proxy_tensor import make_fx
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
-    with warnings.catch_warnings():  # torch 2.13's Inductor imports a module that uses a deprecated torch.jit API
-        warnings.simplefilter('ignore', DeprecationWarning)
-        import torch._inductor.compile_fx  # noqa: F401
     extras = ['bias'] * bias + ['mean'] * mean
 
     def matvec(x, weight, scales, *tensors):
         return _int8_matvec(x, weight, scales, **dict(zip(extras, tensors)))
-    # traced with fake tensors: real ones would compute the float32 copy of the weight (321 MB for XL's head)
+    # traced with fake tensors: real ones would compute the float32 copy of the weight
     example = [torch.empty(1, in_features), torch.empty(out_features, in_features, dtype=torch.int8),
                torch.empty(out_features, dtype=torch.bfloat16)]
     example += [torch.empty(out_features)] * bias + [torch.empty(in_features)] * mean
     try:
+        with warnings.catch_warnings():  # torch 2.13's Inductor imports a module that uses a deprecated torch.jit API
+            warnings.simplefilter('ignore', DeprecationWarning)
+            from torch._inductor import compile_fx  # noqa: F401
         return torch._inductor.compile(make_fx(matvec, tracing_mode='fake')(*example), example)
     except Exception as e:
-        _warn_once(f"warning: int8 weights fall back to torch._weight_int8pack_mm ({type(e).__name__}: "
+        _warn_once(f"int8 decoding falls back to the kernel of several positions ({type(e).__name__}: "
                    f"torch.compile could not build the decoding kernel)")
         return None
 
 
-@functools.cache
-def _warn_once(message):
-    import sys
-    print(message, file=sys.stderr)
-
+# -----------------------------------------------------------------------------
+# the layers
 
 class LowPrecisionLinear(nn.Module):
-    """A Linear whose weight is bfloat16, or int8 times a per-row scale; center: the head's mean row apart."""
+    """
+    A Linear whose weight is bfloat16, or int8 times a per-row scale; center: the head's mean row apart.
+    GPT-2's logits share a large offset that bfloat16 rounding of the kernels' output would blur, so
+    the head is stored with its mean row taken out, and that row's product with the activation is
+    added back in float32. Activations go in as bfloat16 except for int8 decoding (float32).
+    """
 
     def __init__(self, in_features, out_features, bias, weight_dtype, center=False):
         super().__init__()
@@ -141,28 +197,26 @@ class LowPrecisionLinear(nn.Module):
         self.packed = False
 
     def pack(self, batch_size):
-        """
-        On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as common.PackedLinear
-        does for float32): the product then streams it ~1.6x faster than F.linear. Inference only.
-        """
-        if self.scales is None and self.weight.device.type == 'cpu' and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight, batch_size)
+        """On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as PackedLinear does). Inference only."""
+        if self.scales is None and self.weight.device.type == 'cpu' and onednn_packing(torch.bfloat16):
+            self.weight = pack_linear_weight(self.weight, batch_size)
             self.packed = True
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
         if self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
-            # decoding: one compiled call does it all (see int8_matvec), built for contiguous tensors of
-            # these shapes and checking nothing, so x is made contiguous (the buffers are)
+            # decoding: one compiled call does it all (int8_matvec), built for contiguous tensors of
+            # these shapes and checking nothing, so x is made contiguous (the buffers are); longer
+            # rows stream faster through the kernel of several positions
             matvec = int8_matvec(*self.weight.shape, self.bias is not None, self.mean is not None)
             if matvec is not None:
                 y = matvec(x2.float().contiguous(), self.weight, self.scales,
                            *[t for t in (self.bias, self.mean) if t is not None])
                 return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
         if self.scales is not None:
-            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.weight, self.scales)
+            y = int8_mm(x2.to(torch.bfloat16), self.weight, self.scales)
         elif self.packed:
-            y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), self.weight, None, 'none', [], '')
+            y = linear_packed(x2.to(torch.bfloat16), self.weight, None)
         else:
             y = F.linear(x2.to(torch.bfloat16), self.weight)
         # float32 + bfloat16 gives float32 in one op
@@ -173,69 +227,66 @@ class LowPrecisionLinear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
 
 
-def _shells(model, weight_dtype):
-    """Swap the block Linears and the head for LowPrecisionLinears with empty buffers; {name: shell}."""
-    shells = {}
+class PackedLinear(nn.Module):
+    """
+    An inference-only nn.Linear whose weight oneDNN has reordered once into its blocked layout, so
+    each call skips that work: decoding reads every weight once per token. torch.compile would
+    emit the same kernels, but a growing KV cache would make it recompile at every step.
+    """
+
+    def __init__(self, linear, batch_size):
+        super().__init__()
+        self.register_buffer('weight', pack_linear_weight(linear.weight.detach(), batch_size))
+        self.register_buffer('bias', None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x):
+        return linear_packed(x, self.weight, self.bias)
+
+
+def swap_in_low_precision(model, weight_dtype):
+    """
+    Replace the block Linears and the head of model (built on the meta device) by empty
+    LowPrecisionLinears in weight_dtype, for their reduced weights to be loaded: {name: layer}.
+    A tied head gets its own copy; wte stays float32 for the embedding lookup.
+    """
+    layers = {}
 
     def swap(parent, name, prefix, center=False):
         linear = getattr(parent, name)
-        shell = LowPrecisionLinear(linear.in_features, linear.out_features, linear.bias is not None,
+        layer = LowPrecisionLinear(linear.in_features, linear.out_features, linear.bias is not None,
                                    weight_dtype, center)
-        setattr(parent, name, shell)
-        shells[prefix + name] = shell
+        setattr(parent, name, layer)
+        layers[prefix + name] = layer
     for i, block in enumerate(model.transformer.h):
         for part in ('attn', 'mlp'):
             parent = getattr(block, part)
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
                     swap(parent, name, f'transformer.h.{i}.{part}.')
-    # a tied head gets its own copy; wte stays float32 for the embedding lookup
     swap(model, 'lm_head', '', center=True)
-    return shells
+    return layers
 
 
-def reduce_weights(model, weight_dtype):
-    """A copy of the model (eval mode, for generation only) with its block Linears and head in weight_dtype."""
-    return build_model(model.config, model.state_dict().items(), weight_dtype).eval()
-
-
-def build_model(config, weights, weight_dtype='float32'):
+def for_inference(model, device, dtype, batch_size=1):
     """
-    A GPT of config from weights, (name, tensor) pairs in its state_dict's names that may
-    arrive one at a time (read from a file), each weight of a reduced Linear reduced as it arrives:
-    the model is built on the meta device and adopts the tensors, so no second copy is ever made.
-    When reducing, the tensors may be views of a memory-mapped file: the reduced weights are read
-    from it a block of rows at a time, and the tensors kept as they are get copied out in float32.
-    Raises ValueError if the names do not match the model's.
+    Make an eval-mode model faster at generating where that is known to pay: on CPUs in float32
+    every Linear becomes a PackedLinear (oneDNN, weights pre-packed), with logits within ~1e-5 of
+    the plain model's, and bfloat16 LowPrecisionLinears pack the same way. The model is changed in
+    place and can only run inference afterwards; the tied lm_head gets its own packed copy of wte.
+    Attention over the KV cache stays on MKL, which is faster there than oneDNN for its strided
+    slices: so sampling does not take fast_cpu_matmuls' route.
     """
-    assert weight_dtype in WEIGHT_DTYPES, weight_dtype
-    with torch.device('meta'):
-        model = GPT(config)
-        shells = _shells(model, weight_dtype) if weight_dtype != 'float32' else {}
-    state = {}
-    for name, t in weights:
-        if name == 'lm_head.weight' and config.tie_weights:
-            continue  # the same tensor as wte's (or absent, as in Hugging Face's files)
-        module, _, kind = name.rpartition('.')
-        if module in shells and kind == 'weight':
-            t = {f'{module}.{k}': v for k, v in reduce_tensor(t, weight_dtype, shells[module].mean is not None).items()}
-        elif shells:  # a bias, a norm, an embedding: float32, in memory of its own
-            t = {name: t.to(torch.float32 if t.is_floating_point() else t.dtype, copy=True)}
-        else:
-            t = {name: t}
-        if name == 'transformer.wte.weight' and config.tie_weights and 'lm_head' in shells:
-            t.update({f'lm_head.{k}': v for k, v in reduce_tensor(t[name], weight_dtype, center=True).items()})
-        state.update({k: v for k, v in t.items() if v is not None})
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as e:  # a shape that differs: its line, not the whole report
-        raise ValueError(str(e).splitlines()[1].strip()) from None
-    if config.tie_weights and 'lm_head' not in shells:
-        missing = [k for k in missing if k != 'lm_head.weight']
-        model.lm_head.weight = model.transformer.wte.weight  # re-tie after assign
-    if missing or unexpected:
-        raise ValueError(f"the weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    # the buffers GPT makes rather than saves (rotary's frequencies, ALiBi's slopes), from one without layers
-    for name, b in GPT(replace(config, n_layer=0, vocab_size=1, block_size=1)).named_buffers():
-        model.register_buffer(name, b, persistent=False)
+    if device.type != 'cpu' or dtype != 'float32':
+        return model
+    float32 = onednn_packing(torch.float32)
+
+    def pack(module):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear) and float32:
+                setattr(module, name, PackedLinear(child, batch_size))
+            elif isinstance(child, LowPrecisionLinear):
+                child.pack(batch_size)
+            else:
+                pack(child)
+    pack(model.eval())
     return model

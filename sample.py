@@ -10,10 +10,11 @@ import sys
 import torch
 from tqdm import tqdm
 
-from checkpoints import exit_on_interrupt, load_model
-from common import for_inference, maybe_compile, setup_device
 from dataloader import get_tokenizer
-from quantize import weight_dtype_error
+from device import maybe_compile, setup_device
+from loading import load_model
+from out_dir import ExitOnInterrupt
+from quantize import for_inference, weight_dtype_error
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -49,7 +50,7 @@ if top_k <= 0:
 if not 0.0 < top_p <= 1.0:
     die(f"top_p must be in (0, 1], got {top_p}")
 
-exit_on_interrupt(lambda: "while sampling")
+ExitOnInterrupt(lambda: "while sampling")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
 if weight_dtype_error(weight_dtype, device):

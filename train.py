@@ -28,13 +28,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from checkpoints import (MetricsLog, exit_on_interrupt, load_checkpoint, lock_out_dir, model_from_checkpoint,
-                         restore_optimizer, save_checkpoint, save_sharded_checkpoint)
-from common import (ddp_ranks, end_ddp, fast_cpu_matmuls, format_duration, maybe_compile, optimizer_step,
-                    peak_flops as find_peak_flops, peak_memory, setup_device, shard_model, start_ddp,
-                    update_to_weight, weights_before_step)
+from checkpoints import load_checkpoint, restore_optimizer, save_checkpoint, save_sharded_checkpoint
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
+from device import fast_cpu_matmuls, maybe_compile, peak_flops as find_peak_flops, peak_memory, setup_device
+from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
+from loading import from_pretrained, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
+from optim import optimizer_step, update_to_weight, weights_before_step
+from out_dir import ExitOnInterrupt, MetricsLog, lock_out_dir
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -156,13 +157,7 @@ if master_process:
     if batch_ramp_tokens:
         print(f"batch ramp: from {ramp_start * micro_tokens:,} tokens per iteration to {tokens_per_iter:,} over the "
               f"first {batch_ramp_tokens:,} tokens; the learning rate schedule follows tokens")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        if not os.access(out_dir, os.W_OK):
-            raise PermissionError(out_dir)
-    except OSError as e:
-        die(f"cannot write to out_dir '{out_dir}': {e}")
-# one run per out_dir: a second one would overwrite this one's checkpoints
+# one run per out_dir (made if need be): a second one would overwrite this one's checkpoints
 unlock_out_dir = lock_out_dir(out_dir) if master_process else None
 
 # data: memory-mapped once, batches drawn from (seed, iteration, micro-step) alone
@@ -227,7 +222,7 @@ def where_interrupted():
     return f"at iter {iter_num}: {saved}"
 
 
-exit_on_interrupt(where_interrupted if master_process else None)
+interrupts = ExitOnInterrupt(where_interrupted if master_process else None)
 if init_from != 'resume' and master_process and os.path.isfile(ckpt_path):
     print(f"warning: {ckpt_path} exists and this run starts from {init_from}: its first checkpoint will replace "
           f"that one (--init_from=resume continues it instead)", file=sys.stderr)
@@ -255,7 +250,7 @@ elif init_from == 'resume':
 else:
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
     try:
-        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+        model = from_pretrained(init_from, dict(dropout=dropout))
     except (ValueError, OSError) as e:
         die(str(e))
 # crop down the model block size if desired, using model surgery
@@ -312,6 +307,12 @@ def estimate_loss():
     return dict(zip(('train', 'val'), means.tolist()))
 
 
+def format_duration(seconds):
+    """1h02m, 3m05s, 42s: a duration the way a progress line shows it."""
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def get_lr(it):
     """Linear warmup (non-zero at 0), cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if it < warmup_iters:
@@ -364,7 +365,8 @@ while True:
         losses = estimate_loss()
         if master_process:
             print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            metrics.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
+            metrics.log(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr,
+                        time_s=time.time() - t_start)
         if wandb_log and master_process:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                        "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
@@ -375,24 +377,19 @@ while True:
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
-                checkpoint = {
-                    'model': None if fsdp else raw_model.state_dict(),  # FSDP: gathered by the save
-                    'model_args': raw_model.config.model_args(),
-                    'model_options': raw_model.config.model_options(),
-                    'iter_num': iter_num,
-                    'best_val_loss': best_val_loss,
-                    'config': config,
-                }
-                if wandb_run_id:
-                    checkpoint['wandb_run_id'] = wandb_run_id
+                checkpoint = dict(model=None if fsdp else raw_model.state_dict(),  # FSDP: gathered by the save
+                                  model_args=raw_model.config.model_args(), model_options=raw_model.config.model_options(),
+                                  iter_num=iter_num, best_val_loss=best_val_loss, config=config,
+                                  **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}))
                 if master_process:
                     print(f"saving checkpoint to {out_dir}")
                 saved_iter = iter_num  # already: a Ctrl-C during the save takes effect once it is complete
-                if fsdp:
-                    save_sharded_checkpoint(out_dir, checkpoint if master_process else None, raw_model, optimizer)
-                else:
-                    save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
-                                                          'scaler': scaler.state_dict() if scaler.is_enabled() else None})
+                with interrupts.deferred():
+                    if fsdp:
+                        save_sharded_checkpoint(out_dir, checkpoint if master_process else None, raw_model, optimizer)
+                    else:
+                        save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
+                                                              'scaler': scaler.state_dict() if scaler.is_enabled() else None})
                 checkpoint = None
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:
@@ -479,7 +476,7 @@ while True:
                   f"{clip_str}, update/weight {update:.2e}, {health['tokens_per_s']:,.0f} tok/s{ramp_str}, "
                   f"peak mem {health['peak_mem_mb']:,.0f}MB, {done:.1f}%, {format_duration(left)} left")
             metrics.log(iter=iter_num, loss=lossf, time_ms=dt * 1000, mfu=running_mfu * 100 if peak else None, lr=lr,
-                        **health)
+                        time_s=t1 - t_start, **health)
             if wandb_log:
                 wandb.log({"iter": iter_num, "train/loss_step": lossf, **{f"health/{k}": v for k, v in health.items()},
                            **{f"health/update_to_weight/group{i}": u for i, u in enumerate(group_updates)}},

@@ -6,7 +6,7 @@
 # What to expect, from modded-nanogpt's public records (FineWeb, 3.28 val loss, the same batch):
 # llm.c's GPT-2 needed 10B tokens; Muon 3.25B (#4); + ReLU², QK-norm, zero-init 2.67B (#5);
 # + the untied head 2.40B (#8), which is about these options, so ~5,000 iterations here. Train
-# config/train_gpt2.py on the same data for the baseline (README: "Training faster").
+# config/train_gpt2.py on the same data for the baseline (docs/model_options.md).
 
 out_dir = 'out-gpt2-fast'
 wandb_log = True

@@ -1,6 +1,6 @@
 # the small character-level shakespeare model for a CPU (a laptop, a 2-core server):
-# nanoGPT's README gives this recipe as a long command line; best val loss ~1.89 in 1-2 minutes on a
-# 2-core x86 server, depending on the CPU (52 s on an AMD Zen 5, ~104 s on a Zen 4, ~130 s on a Zen 3: README)
+# nanoGPT's README gives this recipe as a long command line; best val loss ~1.89 in a minute or two
+# (docs/benchmarks.md: times by CPU)
 # $ python data/shakespeare_char/prepare.py
 # $ python train.py config/train_shakespeare_char_cpu.py
 # $ python sample.py --out_dir=out-shakespeare-char

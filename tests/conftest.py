@@ -4,18 +4,18 @@ Shared fixtures and helpers: a scratch copy of the repository with a tiny charac
 way a user does (python train.py ... from the repo root), and reading what they print and write.
 """
 import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ['train.py', 'sample.py', 'bench.py', 'export.py', 'eval.py', 'model.py', 'hf_gpt2.py', 'common.py',
-           'checkpoints.py', 'dataloader.py', 'tasks.py', 'configurator.py', 'util.py', 'muon.py',
-           'quantize.py']
+SCRIPTS = sorted(f for f in os.listdir(REPO) if f.endswith('.py'))  # every module and script at the top
 
 # GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
 _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
@@ -24,22 +24,61 @@ if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(_cache):
 
 # a small model and dataset that train in seconds on a CPU
 TINY = ['--dataset=tiny_char', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
-        '--eval_iters=2', '--log_interval=1', '--device=cpu', '--warmup_iters=2', '--lr_decay_iters=20',
+        '--eval_iters=2', '--log_interval=1', '--device=cpu', '--dtype=float32', '--warmup_iters=2', '--lr_decay_iters=20',
         '--learning_rate=1e-3', '--gradient_accumulation_steps=1']
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
 
 
+_server = None  # tests/forkserver.py, started at the first script it runs
+
+
+def _forked(cmd, cwd, env, timeout):
+    """subprocess.run(cmd, ...) for `python script.py args`, in a child of the fork server."""
+    import select
+    import tempfile
+    global _server
+    if _server is None or _server.poll() is not None:
+        _server = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'forkserver.py')], cwd=REPO,
+                                   env={**os.environ, 'PYTHONUNBUFFERED': '1'}, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
+        request = dict(cwd=os.path.abspath(cwd), env=env, argv=cmd[1:], stdout=out, stderr=err)
+        _server.stdin.write(json.dumps(request) + '\n')
+        _server.stdin.flush()
+        pid = int(_server.stdout.readline())
+        if not select.select([_server.stdout], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            _server.stdout.readline()
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        code = int(_server.stdout.readline())
+        with open(out) as f, open(err) as g:
+            return subprocess.CompletedProcess(cmd, code, f.read(), g.read())
+
+
+def pytest_sessionfinish(session):
+    if _server is not None:
+        _server.stdin.close()
+        _server.wait()
+        _server.stdout.close()
+
+
 def run(cwd, *args, env=None, timeout=240, check=True):
     """
-    Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd. With check, it must
+    Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd. A script (args[0]
+    ends in .py) runs in a child of the fork server, which has imported torch already (the same
+    exit status, stdout and stderr as its own process; tests/forkserver.py). With check, it must
     succeed without a Python warning (DeprecationWarning, FutureWarning, UserWarning, ...) on stderr:
     a clean run of any script prints none, from our code or from the libraries it calls.
     """
     cmd = [sys.executable, *args] if args[0] != 'torchrun' else [sys.executable, '-m', 'torch.distributed.run', *args[1:]]
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})}
-    p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if args[0].endswith('.py'):
+        p = _forked(cmd, cwd, full_env, timeout)
+    else:
+        p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     if check:
@@ -87,7 +126,7 @@ def make_repo(path):
 
 @pytest.fixture
 def restore_matmul_precision():
-    """For tests that switch the process-wide float32 matmul route (common.onednn_float32_matmuls)."""
+    """For tests that switch the process-wide float32 matmul route (device.onednn_float32_matmuls)."""
     import torch
     before = torch.get_float32_matmul_precision()
     yield

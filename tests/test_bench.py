@@ -8,16 +8,16 @@ import re
 import pytest
 import torch
 
-import common
+import device
 from conftest import run
 
-SMALL = ['--device=cpu', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4']
+SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4']
 
 
 def test_bench_synthetic_prints_speed(repo, restore_matmul_precision):
     out = run(repo, 'bench.py', *SMALL, '--dataset=none', '--num_steps=3').stdout
     assert 'data: random tokens' in out
-    assert ('float32 matmuls on oneDNN' in out) == common.onednn_float32_matmuls()  # the same choice here
+    assert ('float32 matmuls on oneDNN' in out) == device.onednn_float32_matmuls()  # the same choice here
     m = re.search(r'time per iteration: ([\d.]+)ms, tokens/s: ([\d,]+), MFU: ([\d.]+)% of ([\d.]+) TFLOP/s '
                   r'\(measured: a 2048\^3 float32 matmul\)', out)  # a CPU: no spec sheet, its own matmul rate
     assert m and float(m.group(1)) > 0 and int(m.group(2).replace(',', '')) > 0, out
@@ -41,14 +41,14 @@ def test_bench_profiler_prints_a_table_and_writes_a_trace(repo):
 def test_peak_flops_of_known_gpus_by_dtype(monkeypatch):
     GPU = torch.device('cuda:0')
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 80GB HBM3')
-    assert common.peak_flops(GPU, 'bfloat16') == 989e12
-    assert common.peak_flops(GPU, 'float32') == 494e12  # TF32
-    assert common.peak_flops(GPU, 'bfloat16', configured=5e14) == 5e14
+    assert device.peak_flops(GPU, 'bfloat16') == 989e12
+    assert device.peak_flops(GPU, 'float32') == 494e12  # TF32
+    assert device.peak_flops(GPU, 'bfloat16', configured=5e14) == 5e14
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 PCIe')
-    assert common.peak_flops(GPU, 'float16') == 756e12
+    assert device.peak_flops(GPU, 'float16') == 756e12
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'Some Future GPU')
-    assert common.peak_flops(GPU, 'bfloat16') is None
-    assert common.peak_flops(torch.device('cpu'), 'float32') is None  # bench.py measures a CPU instead
+    assert device.peak_flops(GPU, 'bfloat16') is None
+    assert device.peak_flops(torch.device('cpu'), 'float32') is None  # bench.py measures a CPU instead
 
 
 def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):

@@ -101,7 +101,7 @@ def independent(gpt2_dir, task):
 
 def test_hellaswag_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=hellaswag', f'--data_file={fixtures / "hellaswag.jsonl"}',
-        f'--out_dir={tmp_path}', '--device=cpu')
+        f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32')
     got = json.loads((tmp_path / 'eval_hellaswag.json').read_text())
     acc, acc_norm = independent(gpt2_dir, 'hellaswag')
     assert got['task'] == 'hellaswag' and got['examples'] == 5
@@ -110,14 +110,14 @@ def test_hellaswag_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
 
 def test_lambada_equals_independent_computation(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=lambada', f'--data_file={fixtures / "lambada.jsonl"}',
-        f'--out_dir={tmp_path}', '--device=cpu', '--batch_size=2')
+        f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32', '--batch_size=2')
     got = json.loads((tmp_path / 'eval_lambada.json').read_text())
     acc, perplexity = independent(gpt2_dir, 'lambada')
     assert got['examples'] == 5 and got['acc'] == acc
     assert got['perplexity'] == pytest.approx(perplexity, rel=1e-5)
     # what int8 weights cost on the task: close to float32's, and recorded
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--task=lambada', f'--data_file={fixtures / "lambada.jsonl"}',
-        f'--out_dir={tmp_path}', '--device=cpu', '--batch_size=2', '--weight_dtype=int8')
+        f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32', '--batch_size=2', '--weight_dtype=int8')
     int8 = json.loads((tmp_path / 'eval_lambada.json').read_text())
     assert got['weight_dtype'] == 'float32' and int8['weight_dtype'] == 'int8'
     assert int8['perplexity'] == pytest.approx(got['perplexity'], rel=0.02)
@@ -162,7 +162,7 @@ def test_ddp_counts_add_up(gpt2_dir, fixtures, tmp_path, task):
     """Two processes share the examples and add up to the one-process scores (the independent computation's)."""
     data = f'--data_file={fixtures / (task + ".jsonl")}'
     run(REPO, 'torchrun', '--standalone', '--nproc_per_node=2', 'eval.py', f'--init_from={gpt2_dir}', f'--task={task}',
-        data, f'--out_dir={tmp_path / "two"}', '--device=cpu')
+        data, f'--out_dir={tmp_path / "two"}', '--device=cpu', '--dtype=float32')
     two = json.loads((tmp_path / 'two' / f'eval_{task}.json').read_text())
     acc, second = independent(gpt2_dir, task)
     assert two['examples'] == 5 and two['acc'] == acc
@@ -172,7 +172,7 @@ def test_ddp_counts_add_up(gpt2_dir, fixtures, tmp_path, task):
 
 def test_eval_limit_and_missing_data_file_is_one_line(gpt2_dir, fixtures, tmp_path):
     run(REPO, 'eval.py', f'--init_from={gpt2_dir}', f'--data_file={fixtures / "hellaswag.jsonl"}', '--limit=2',
-        f'--out_dir={tmp_path}', '--device=cpu')
+        f'--out_dir={tmp_path}', '--device=cpu', '--dtype=float32')
     assert json.loads((tmp_path / 'eval_hellaswag.json').read_text())['examples'] == 2
     p = run(REPO, 'eval.py', f'--init_from={gpt2_dir}', '--data_file=nope.jsonl', check=False)
     assert p.returncode == 1 and p.stderr.strip().startswith('error: no nope.jsonl')

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from common import for_inference
+from quantize import for_inference
 from conftest import run
 from model import GPT, GPTConfig, KVCache
 

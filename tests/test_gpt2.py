@@ -98,14 +98,14 @@ def test_loaded_weights_are_adopted_and_tied(tmp_path):
 PEAK_ANON = """
 import sys
 import torch
-import hf_gpt2
-from common import PeakAnonMemory
+import loading
+from device import PeakAnonMemory
 from model import GPT, GPTConfig
 with torch.device('meta'):  # the meta device's first use imports ~80 MB of Python: before the baseline
     GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8))
 with PeakAnonMemory() as mem:  # the process's own memory: the memory-mapped file (page cache) is not in it
     base = mem.peak
-    model = hf_gpt2.from_pretrained(sys.argv[1], weight_dtype=sys.argv[2])
+    model = loading.from_pretrained(sys.argv[1], weight_dtype=sys.argv[2])
 kept = {t.data_ptr(): t.nbytes for t in model.state_dict().values()}  # a tied weight once
 print(sum(kept.values()), mem.peak - base)
 """
@@ -119,7 +119,7 @@ def gpt2_85m(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize('weight_dtype', ['float32', 'int8'])  # bfloat16 loads through the same code as int8
+@pytest.mark.parametrize('weight_dtype', ['float32', 'bfloat16', 'int8'])
 def test_loading_holds_the_weights_once_as_they_are_kept(gpt2_85m, weight_dtype):
     """
     Loading holds one copy of the weights, in the dtype the model keeps them in, in the process's
@@ -183,7 +183,7 @@ def test_finetune_config_improves_val_loss(bpe_repo):
     run(bpe_repo, 'export.py', '--out_dir=ft')
     hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
     assert json.loads(pathlib.Path(bpe_repo, 'ft', 'hf', 'config.json').read_text())['n_positions'] == 32
-    from checkpoints import model_from_checkpoint
+    from loading import model_from_checkpoint
     ours = model_from_checkpoint(ckpt).eval()
     x = torch.randint(0, 50257, (1, 32))
     with torch.no_grad():

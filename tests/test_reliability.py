@@ -15,8 +15,10 @@ import pytest
 import torch
 
 import checkpoints
-import common
+import device
+import loading
 from conftest import REPO, TINY, digest, iter_losses, one_line_error, run
+from device import setup_device
 
 NO_TRACEBACK = 'Traceback'
 
@@ -44,7 +46,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint(repo):
         killed_mid_write += bool(glob.glob(os.path.join(out, '*.tmp')))
         # what sample.py and a resume read: a whole checkpoint whose optimizer file exists
         ckpt = checkpoints.load_checkpoint(os.path.join(out, 'ckpt.pt'))
-        checkpoints.model_from_checkpoint(ckpt)
+        loading.model_from_checkpoint(ckpt)
         assert checkpoints.load_optimizer_state(out, ckpt)['optimizer']['state']
     assert killed_mid_write >= 1  # at least one kill really landed inside a checkpoint write
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
@@ -204,7 +206,7 @@ def test_bad_device_or_dtype_is_one_line(monkeypatch, capsys, device, dtype, exp
     """What every script says for a bad --device or --dtype (train.py's is checked end to end above)."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # the same answer on a GPU machine
     with pytest.raises(SystemExit) as e:
-        common.setup_device(device, dtype)
+        setup_device(device, dtype)
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith('error: ') and expected in err and err.count('\n') == 1, err
@@ -212,15 +214,15 @@ def test_bad_device_or_dtype_is_one_line(monkeypatch, capsys, device, dtype, exp
 
 def test_bfloat16_refused_without_bfloat16_units(monkeypatch, capsys):
     cpu = torch.device('cpu')
-    monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx2', 'fma'})
+    monkeypatch.setattr(device, '_cpu_flags', lambda: {'avx2', 'fma'})
     with pytest.raises(SystemExit) as e:
-        common.pick_dtype(cpu, 'bfloat16')
+        device.pick_dtype(cpu, 'bfloat16')
     assert e.value.code == 1
     assert capsys.readouterr().err.strip() == \
         "error: bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)"
-    monkeypatch.setattr(common, '_cpu_flags', lambda: {'avx512_bf16'})
-    assert common.pick_dtype(cpu, 'bfloat16') == 'bfloat16'
-    assert common.pick_dtype(cpu, 'auto') == 'float32'  # emulated bf16 is slower
+    monkeypatch.setattr(device, '_cpu_flags', lambda: {'avx512_bf16'})
+    assert device.pick_dtype(cpu, 'bfloat16') == 'bfloat16'
+    assert device.pick_dtype(cpu, 'auto') == 'float32'  # emulated bf16 is slower
 
 
 @pytest.mark.parametrize('damage,expected', [

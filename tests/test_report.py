@@ -25,7 +25,7 @@ def test_log_lines_show_progress_and_time_left(repo):
     assert all(re.fullmatch(r'(\d+h\d\dm|\d+m\d\ds|\d+s)', left) for _, _, left in lines)
     assert lines[-1][2] == '0s'
     summary = out.strip().splitlines()[-2:]
-    assert re.fullmatch(r'training done: 21 iterations \(iter 0 to 20\) in \d+s, best val loss [\d.]+ at iter 20',
+    assert re.fullmatch(r'training done: 21 iterations \(iter 0 to 20\) in (\d+h\d\dm|\d+m\d\ds|\d+s), best val loss [\d.]+ at iter 20',
                         summary[0]), summary
     assert summary[1] == 'checkpoint: out/ckpt.pt (iter 20); sample from it with: python sample.py --out_dir=out'
 
@@ -53,7 +53,7 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
     clipped since the last line, the update-to-weight RMS ratio, tokens/s and peak memory. Iteration
     0's norm and ratio equal a step recomputed here from the same initial weights and batch.
     """
-    import common
+    import optim
     from dataloader import get_batch, open_split
     from model import GPT, GPTConfig
     args = [*TINY, '--max_iters=6', '--eval_interval=5', '--log_interval=2', '--grad_clip=0.5',
@@ -70,9 +70,9 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
                      torch.device('cpu'))
     optimizer = model.configure_optimizers(0.1, 1e-3 / 3, (0.9, 0.95))  # warmup: lr * (0 + 1) / (2 + 1)
     model(X, Y)[1].backward()
-    before = common.weights_before_step(optimizer)
-    norm = common.optimizer_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), 0.5)
-    update, _ = common.update_to_weight(optimizer, before)
+    before = optim.weights_before_step(optimizer)
+    norm = optim.optimizer_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), 0.5)
+    update, _ = optim.update_to_weight(optimizer, before)
     assert float(lines[0][2]) == pytest.approx(norm.item(), abs=2e-3)
     assert float(lines[0][4]) == pytest.approx(update.item(), rel=1e-2)
     # the same values in the run's record and in wandb (offline)

@@ -7,7 +7,7 @@ Speed itself is measured by bench.py, never asserted here. Run: python -m pytest
 import pytest
 import torch
 
-import common
+import device
 from model import GPT, GPTConfig, KVCache
 
 
@@ -49,7 +49,7 @@ def test_spelled_out_attention_with_kv_cache():
 
 def test_onednn_route_only_where_exact(restore_matmul_precision):
     torch.set_float32_matmul_precision('highest')
-    on = common.onednn_float32_matmuls()
+    on = device.onednn_float32_matmuls()
     assert on == (torch.backends.mkldnn.matmul.fp32_precision == 'bf16')
     assert torch.get_float32_matmul_precision() == ('medium' if on else 'highest')  # still readable by anyone
     if on:  # then float32 products still carry float32's precision, not bfloat16's
@@ -62,8 +62,8 @@ def test_onednn_route_only_where_exact(restore_matmul_precision):
         torch.set_float32_matmul_precision(before)
         cpuinfo = {'vendor_id': vendor, 'flags': ' '.join(flags)}
         with pytest.MonkeyPatch.context() as m:
-            m.setattr(common, '_cpuinfo', cpuinfo.get)
-            assert common.onednn_float32_matmuls() is False
+            m.setattr(device, '_cpuinfo', cpuinfo.get)
+            assert device.onednn_float32_matmuls() is False
         assert torch.get_float32_matmul_precision() == before
 
 
@@ -73,7 +73,7 @@ def test_training_on_the_fast_path_tracks_the_plain_one(restore_matmul_precision
     def losses(fast):
         torch.set_float32_matmul_precision('highest')
         if fast:
-            common.onednn_float32_matmuls()
+            device.onednn_float32_matmuls()
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
         model.spell_out_attention(32 if fast else 0)
@@ -95,8 +95,8 @@ def test_spelled_out_only_for_short_float32_attention_on_the_route(monkeypatch, 
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=256, vocab_size=11)).eval()
     cpu = torch.device('cpu')
     keys = lambda: {block.attn.spelled_out_keys for block in model.transformer.h}
-    monkeypatch.setattr(common, 'onednn_float32_matmuls', lambda: True)  # as on a CPU that takes the route
-    assert common.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {128}
+    monkeypatch.setattr(device, 'onednn_float32_matmuls', lambda: True)  # as on a CPU that takes the route
+    assert device.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {128}
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
@@ -105,6 +105,6 @@ def test_spelled_out_only_for_short_float32_attention_on_the_route(monkeypatch, 
         assert not calls  # short: spelled out
         model(torch.zeros(1, 256, dtype=torch.long))
         assert len(calls) == 2  # long (one call per layer): flash amortises oneDNN's setup
-    assert not common.fast_cpu_matmuls(model, cpu, 'bfloat16') and keys() == {0}
-    monkeypatch.setattr(common, 'onednn_float32_matmuls', lambda: False)
-    assert not common.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {0}  # MKL: flash is the fast path
+    assert not device.fast_cpu_matmuls(model, cpu, 'bfloat16') and keys() == {0}
+    monkeypatch.setattr(device, 'onednn_float32_matmuls', lambda: False)
+    assert not device.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {0}  # MKL: flash is the fast path

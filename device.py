@@ -1,0 +1,231 @@
+"""
+The device a script runs on: its choice, the dtype and autocast, torch.compile, the CPU's fastest
+exact float32 matmul route, the peak FLOP/s that MFU is measured against, and memory meters.
+"""
+
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from util import die
+
+
+def pick_device(device='auto', local_rank=0):
+    """
+    The torch.device a device setting names: 'auto' picks CUDA, else MPS, else CPU; under DDP
+    'cuda'/'auto' mean this rank's GPU. Parsed once here: everything after uses device.type.
+    """
+    mps = torch.backends.mps.is_available()
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
+    kind, _, index = device.partition(':')
+    if kind not in ('cpu', 'cuda', 'mps') or (index and not (kind == 'cuda' and index.isdigit())):
+        die(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
+    if kind == 'cuda':
+        if not torch.cuda.is_available():
+            die(f"device '{device}' asked for, but this torch sees no CUDA GPU (try --device=cpu)")
+        n = torch.cuda.device_count()
+        if index and int(index) >= n:
+            die(f"device '{device}' asked for, but there are only {n} CUDA GPUs")
+        if not index:
+            device = f'cuda:{local_rank}'
+    if kind == 'mps' and not mps:
+        die("device 'mps' asked for, but MPS is not available here (try --device=cpu)")
+    return torch.device(device)
+
+
+def _cpuinfo(field):
+    """The first value of a /proc/cpuinfo field ('' where there is none, as on macOS)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            line = next((l for l in f if l.split(':')[0].strip() == field), '')
+    except OSError:
+        return ''
+    return line.partition(':')[2].strip()
+
+
+def _cpu_flags():
+    return set(_cpuinfo('flags').split())
+
+
+def pick_dtype(device, dtype='auto'):
+    """
+    'auto': bfloat16 on CUDA cards that have it, else float16 (with a GradScaler); on CPUs
+    bfloat16 only with AMX units (elsewhere it is emulated and slower than float32); float32
+    on MPS, where autocast is still patchy.
+    """
+    kind = device.type
+    if dtype == 'auto':
+        if kind == 'cuda':
+            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        if kind == 'cpu' and 'amx_bf16' in _cpu_flags():
+            return 'bfloat16'
+        return 'float32'
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        die(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    if dtype == 'bfloat16':
+        if kind == 'cuda' and not torch.cuda.is_bf16_supported():
+            die(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 (try --dtype=float16)")
+        flags = _cpu_flags()
+        if kind == 'cpu' and flags and not flags & {'avx512_bf16', 'amx_bf16'}:
+            die("bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)")
+    return dtype
+
+
+def autocast(device, dtype):
+    """The mixed-precision context for forward passes (nothing to do in float32)."""
+    if dtype == 'float32':
+        return nullcontext()
+    ptdtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    return torch.autocast(device_type=device.type, dtype=ptdtype)
+
+
+def onednn_float32_matmuls():
+    """
+    On AMD CPUs with AVX-512, send float32 matmuls to oneDNN instead of MKL, where that is exact:
+    MKL runs only its AVX2 code on non-Intel CPUs, oneDNN uses AVX-512. PyTorch takes that route only
+    at torch.set_float32_matmul_precision('medium'), which also lets oneDNN round operands to bfloat16
+    where it has kernels for that (AMX), so a probe product keeps the route only if it comes out
+    float32-exact: the same numbers, faster. Intel CPUs stay on MKL, and a precision set by someone
+    else is left as it is. Returns whether float32 matmuls go to oneDNN.
+    """
+    if not hasattr(torch.backends.mkldnn, 'matmul'):  # torch < 2.9: no way to tell where matmuls go
+        return False
+    try:
+        untouched = torch.get_float32_matmul_precision() == 'highest'
+    except RuntimeError:  # backends set apart through the newer per-backend API
+        untouched = False
+    if (untouched and torch.backends.mkldnn.is_available() and _cpuinfo('vendor_id') == 'AuthenticAMD'
+            and 'avx512f' in _cpu_flags()):
+        a, b = torch.randn(2, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        torch.set_float32_matmul_precision('medium')
+        err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
+        if err > 1e-6:
+            torch.set_float32_matmul_precision('highest')
+    return torch.backends.mkldnn.matmul.fp32_precision == 'bf16'
+
+
+def fast_cpu_matmuls(model, device, dtype):
+    """
+    For training and evaluation on a CPU in float32: the oneDNN route where it is exact and faster
+    (onednn_float32_matmuls), decided once, and the model told what follows from it. On that route
+    every gemm call pays a setup cost, which the small tiles of CPU flash attention cannot hide over
+    few keys, while attention spelled out as two matmuls can; over longer sequences flash is as fast
+    and spares the (T, T) matrices. So the model spells out attention over up to 128 keys on this
+    route, and over none elsewhere. Returns whether float32 matmuls go to oneDNN.
+    """
+    onednn = device.type == 'cpu' and dtype == 'float32' and onednn_float32_matmuls()
+    model.spell_out_attention(128 if onednn else 0)
+    return onednn
+
+
+def setup_device(device='auto', dtype='auto', local_rank=0):
+    """(torch.device, dtype name, autocast context), with TF32 matmuls allowed on CUDA."""
+    device = pick_device(device, local_rank)
+    dtype = pick_dtype(device, dtype)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, dtype, autocast(device, dtype)
+
+
+def maybe_compile(model, compile, device):
+    """
+    torch.compile the model when asked, or by default (compile=None) on CUDA, the one place it pays
+    off (on CPUs compiling costs more than it saves for these models). Where it cannot work it
+    falls back to eager with a one-line warning instead of failing.
+    """
+    if compile is None:
+        compile = device.type == 'cuda' and sys.platform != 'win32'
+    if compile not in (True, False):
+        die(f"compile expects True or False, got {compile!r}")
+    if not compile:
+        return model
+    import importlib.util
+    if device.type == 'cuda' and importlib.util.find_spec('triton') is None:
+        print("warning: torch.compile needs triton, which is not installed; running uncompiled", file=sys.stderr)
+        return model
+    try:  # a graph that fails to compile runs eagerly (a private setting: without it, such a graph fails)
+        import torch._dynamo
+        torch._dynamo.config.suppress_errors = True
+    except (ImportError, AttributeError):
+        pass
+    print("compiling the model... (takes a ~minute)")
+    try:
+        return torch.compile(model)
+    except Exception as e:
+        print(f"warning: torch.compile failed ({type(e).__name__}); running uncompiled", file=sys.stderr)
+        return model
+
+
+# -----------------------------------------------------------------------------
+# speed and memory: the peak FLOP/s that MFU is measured against, and what the process holds
+
+# dense peak FLOP/s of known GPUs, by substring of torch.cuda.get_device_name(): (name, bfloat16/float16
+# tensor cores, float32 with TF32, which setup_device allows; V100 and T4 have no TF32: plain float32)
+PEAK_FLOPS = [
+    ('H200', 989e12, 494e12), ('H100 PCIe', 756e12, 378e12), ('H100', 989e12, 494e12), ('A100', 312e12, 156e12),
+    ('L40S', 362e12, 181e12), ('L4', 121e12, 60e12), ('A10', 125e12, 62.5e12), ('V100', 125e12, 15.7e12),
+    ('T4', 65e12, 8.1e12),
+]
+
+
+def peak_flops(device, dtype, configured=0.0):
+    """The peak FLOP/s to measure MFU against: the configured one, else a known GPU's for dtype, else None."""
+    if configured:
+        return configured
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+        row = next((row for row in PEAK_FLOPS if row[0] in name), None)
+        return row and row[2 if dtype == 'float32' else 1]
+    return None
+
+
+def rss_anon():
+    """This process's anonymous memory in bytes (RssAnon: its own pages, not files it maps); None without /proc."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('RssAnon:'))
+    except (OSError, StopIteration):
+        return None
+
+
+class PeakAnonMemory:
+    """
+    with PeakAnonMemory() as m: ... then m.peak is the most anonymous memory the process held during
+    the block, sampled every interval seconds (Linux; None elsewhere). Unlike peak RSS it leaves out
+    memory-mapped weights files, page cache the kernel can drop, and it covers this block only.
+    """
+
+    def __init__(self, interval=0.0005):
+        self.interval = interval
+
+    def __enter__(self):
+        import threading
+        self.peak, self._done = rss_anon(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if self.peak is not None:
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._done.wait(self.interval):
+            self.peak = max(self.peak, rss_anon())
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self.peak is not None:
+            self._thread.join()
+            self.peak = max(self.peak, rss_anon())
+
+
+def peak_memory(device):
+    """The most memory this process has held, in bytes: allocated on a CUDA device, else resident (RSS)."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == 'darwin' else peak * 1024  # macOS counts bytes, Linux KiB
