@@ -47,15 +47,16 @@ def draw(runs, path):
     matplotlib.use('Agg')  # files only: no display needed
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    for run in runs:
+    for r, run in enumerate(runs):
         entries = read_metrics(run)
         name = os.path.basename(os.path.normpath(run))
         for ax, (title, x, keys, log) in zip(axes.flat, PANELS):
             for label, key in keys:
                 xs, ys = series(entries, x, key)
-                if xs:
-                    style = '-' if key != 'loss' else ':'
-                    ax.plot(xs, ys, style, label=f"{name}: {label}" if len(keys) > 1 or len(runs) > 1 else label)
+                if xs:  # a colour per run, a style per series; evaluations (few points) with markers
+                    ax.plot(xs, ys, {'loss': ':', 'train_loss': '--'}.get(key, '-'), color=f'C{r}',
+                            marker='o' if len(xs) < 50 else None, markersize=3, linewidth=1,
+                            label=f"{name}: {label}" if len(keys) > 1 or len(runs) > 1 else label)
             ax.set_title(title)
             ax.set_xlabel('seconds' if x == 'time_s' else 'iteration')
             if log:

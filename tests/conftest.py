@@ -68,14 +68,15 @@ def pytest_sessionfinish(session):
 def run(cwd, *args, env=None, timeout=240, check=True):
     """
     Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd. A script (args[0]
-    ends in .py) runs in a child of the fork server, which has imported torch already (the same
-    exit status, stdout and stderr as its own process; tests/forkserver.py). With check, it must
+    ends in .py) or torchrun's agent runs in a child of the fork server, which has imported torch
+    already (the same exit status, stdout and stderr as its own process; tests/forkserver.py;
+    torchrun's workers are processes of their own, as always). With check, it must
     succeed without a Python warning (DeprecationWarning, FutureWarning, UserWarning, ...) on stderr:
     a clean run of any script prints none, from our code or from the libraries it calls.
     """
     cmd = [sys.executable, *args] if args[0] != 'torchrun' else [sys.executable, '-m', 'torch.distributed.run', *args[1:]]
     full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})}
-    if args[0].endswith('.py'):
+    if args[0].endswith('.py') or args[0] == 'torchrun':
         p = _forked(cmd, cwd, full_env, timeout)
     else:
         p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

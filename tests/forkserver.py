@@ -1,9 +1,10 @@
 """
 A Python process that imports torch and the libraries the scripts use once, then runs each script
-asked of it in a child forked from itself: `python script.py args` as a user runs it (its own cwd,
-environment, argv, sys.path, stdin from /dev/null, stdout and stderr to files, atexit at the end),
-without paying the interpreter's start and torch's import again. One request per line on stdin,
-JSON {cwd, env, argv, stdout, stderr}; it answers with the child's pid, then its exit status.
+asked of it in a child forked from itself: `python script.py args` (or `python -m module args`, as
+torchrun's agent is started) as a user runs it (its own cwd, environment, argv, sys.path, stdin
+from /dev/null, stdout and stderr to files, atexit at the end), without paying the interpreter's
+start and torch's import again. One request per line on stdin, JSON {cwd, env, argv, stdout,
+stderr}; it answers with the child's pid, then its exit status.
 """
 import atexit
 import json
@@ -32,13 +33,19 @@ def child(request):
         f = os.open(path, flags, 0o644)
         os.dup2(f, fd)
         os.close(f)
-    script = request['argv'][0]
-    sys.argv = list(request['argv'])
-    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python script.py` puts it
+    argv, module = list(request['argv']), None
+    if argv[0] == '-m':
+        module, argv = argv[1], argv[2:]
+    sys.argv = argv if module is None else [module, *argv]
+    # as `python script.py` puts it, and `python -m` (the working directory)
+    sys.path[0] = os.getcwd() if module else os.path.dirname(os.path.abspath(argv[0]))
     atexit._clear()  # what this server registered is not the script's
     code = 0
     try:
-        runpy.run_path(script, run_name='__main__')
+        if module:
+            runpy.run_module(module, run_name='__main__', alter_sys=True)
+        else:
+            runpy.run_path(argv[0], run_name='__main__')
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             code = e.code or 0
