@@ -38,8 +38,8 @@ def build_model(config, weights, weight_dtype='float32'):
             t = {f'{module}.{k}': v for k, v in reduce_tensor(t, weight_dtype, layers[module].mean is not None).items()}
         elif layers:  # a bias, a norm, an embedding: float32, in memory of its own
             t = {name: t.to(torch.float32 if t.is_floating_point() else t.dtype, copy=True)}
-        else:
-            t = {name: t}
+        else:  # adopted as it is, unless stored in another float dtype (the model computes in float32)
+            t = {name: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t}
         if name == 'transformer.wte.weight' and config.tie_weights and 'lm_head' in layers:
             t.update({f'lm_head.{k}': v for k, v in reduce_tensor(t[name], weight_dtype, center=True).items()})
         state.update({k: v for k, v in t.items() if v is not None})

@@ -22,7 +22,7 @@ PANELS = [  # (title, x, [(label, key of metrics.jsonl)], y log-scale)
 
 def read_metrics(run):
     """The entries of run/metrics.jsonl (or of that file itself), each a dict with its 'iter'."""
-    path = os.path.join(run, 'metrics.jsonl') if os.path.isdir(run) else run
+    path = run if run.endswith('.jsonl') else os.path.join(run, 'metrics.jsonl')
     if not os.path.isfile(path):
         die(f"no {path}: train.py writes it into its out_dir")
     entries = []

@@ -31,55 +31,123 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
 
 
-_server = None  # tests/forkserver.py, started at the first script it runs
+_server = None  # tests/forkserver.py, started at the first script it runs, and its socket
 
 
-def _forked(cmd, cwd, env, timeout):
-    """subprocess.run(cmd, ...) for `python script.py args`, in a child of the fork server."""
-    import select
-    import tempfile
+def _fork_server():
+    """The socket path of the fork server, started if need be."""
     global _server
-    if _server is None or _server.poll() is not None:
-        _server = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'forkserver.py')], cwd=REPO,
-                                   env={**os.environ, 'PYTHONUNBUFFERED': '1'}, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        out, err = os.path.join(tmp, 'stdout'), os.path.join(tmp, 'stderr')
-        request = dict(cwd=os.path.abspath(cwd), env=env, argv=cmd[1:], stdout=out, stderr=err)
-        _server.stdin.write(json.dumps(request) + '\n')
-        _server.stdin.flush()
-        pid = int(_server.stdout.readline())
-        if not select.select([_server.stdout], [], [], timeout)[0]:
-            os.kill(pid, signal.SIGKILL)
-            _server.stdout.readline()
-            raise subprocess.TimeoutExpired(cmd, timeout)
-        code = int(_server.stdout.readline())
-        with open(out) as f, open(err) as g:
-            return subprocess.CompletedProcess(cmd, code, f.read(), g.read())
+    import tempfile
+    if _server is None or _server[0].poll() is not None:
+        path = os.path.join(tempfile.mkdtemp(), 'forkserver')
+        p = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'forkserver.py'), path], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == 'ready'
+        _server = p, path
+    return _server[1]
 
 
 def pytest_sessionfinish(session):
     if _server is not None:
-        _server.stdin.close()
-        _server.wait()
-        _server.stdout.close()
+        _server[0].kill()
+        _server[0].wait()
+        _server[0].stdout.close()
+        shutil.rmtree(os.path.dirname(_server[1]), ignore_errors=True)
+
+
+class Forked:
+    """
+    A script running in a child of the fork server, used as subprocess.Popen(..., stdout=PIPE,
+    stderr=PIPE, text=True) is: pid (the script's own process), poll, wait, communicate,
+    send_signal, kill, returncode.
+    """
+
+    def __init__(self, cmd, cwd, env):
+        import forkserver
+        self.args, self.returncode = cmd, None
+        path = _fork_server()
+        self._out, self._err = path + f'.{id(self)}.out', path + f'.{id(self)}.err'  # beside the socket
+        with open(os.devnull) as i, open(self._out, 'w') as o, open(self._err, 'w') as e:
+            self._conn, self.pid = forkserver.start(path, dict(cwd=os.path.abspath(cwd), env={**env, 'FORKSERVER': path},
+                                                               argv=cmd[1:]), [i.fileno(), o.fileno(), e.fileno()])
+
+    def wait(self, timeout=None):
+        import select
+        import forkserver
+        if self.returncode is None:
+            if not select.select([self._conn], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = int(forkserver.readline(self._conn))
+            self._conn.close()
+        return self.returncode
+
+    def poll(self):
+        return self.wait(0) if self.returncode is not None or self._ready() else None
+
+    def _ready(self):
+        import select
+        return bool(select.select([self._conn], [], [], 0)[0])
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        with open(self._out) as f, open(self._err) as g:
+            out, err = f.read(), g.read()
+        os.remove(self._out)
+        os.remove(self._err)
+        return out, err
+
+    def send_signal(self, sig):
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
+def spawn(cwd, *args, env=None):
+    """
+    Start `python *args` in cwd (a script, or `-m module`; or a torchrun command if args[0] is
+    'torchrun') in a child of the fork server, which has imported torch already: a Popen-like
+    Forked. Its exit status, stdout and stderr are a process of its own's (tests/forkserver.py);
+    torchrun's agent runs there, and each of its workers through tests/forkclient.py.
+    """
+    if args[0] == 'torchrun':
+        script = next(i for i, a in enumerate(args) if a.endswith('.py'))
+        args = ('-m', 'torch.distributed.run', *args[1:script], os.path.join(REPO, 'tests', 'forkclient.py'),
+                *args[script:])
+    return Forked([sys.executable, *args], cwd, {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline',
+                                                 **(env or {})})
+
+
+def worker_pid(pid):
+    """The process of the script that the torchrun worker pid (a tests/forkclient.py) runs."""
+    try:
+        with open(f"{_fork_server()}.{pid}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return pid
 
 
 def run(cwd, *args, env=None, timeout=240, check=True):
     """
-    Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd. A script (args[0]
-    ends in .py) or torchrun's agent runs in a child of the fork server, which has imported torch
-    already (the same exit status, stdout and stderr as its own process; tests/forkserver.py;
-    torchrun's workers are processes of their own, as always). With check, it must
-    succeed without a Python warning (DeprecationWarning, FutureWarning, UserWarning, ...) on stderr:
-    a clean run of any script prints none, from our code or from the libraries it calls.
+    Run `python *args` (or a torchrun command if args[0] is 'torchrun') in cwd and wait for it: a
+    script, or torchrun, through spawn; anything else (-c code) as a process of its own. With
+    check, it must succeed without a Python warning (DeprecationWarning, FutureWarning,
+    UserWarning, ...) on stderr: a clean run of any script prints none, from our code or from the
+    libraries it calls.
     """
-    cmd = [sys.executable, *args] if args[0] != 'torchrun' else [sys.executable, '-m', 'torch.distributed.run', *args[1:]]
-    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})}
     if args[0].endswith('.py') or args[0] == 'torchrun':
-        p = _forked(cmd, cwd, full_env, timeout)
+        p = spawn(cwd, *args, env=env)
+        try:
+            out, err = p.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+        p = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     else:
-        p = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([sys.executable, *args], cwd=cwd,
+                           env={**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})},
+                           capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     if check:

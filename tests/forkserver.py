@@ -1,38 +1,57 @@
 """
 A Python process that imports torch and the libraries the scripts use once, then runs each script
 asked of it in a child forked from itself: `python script.py args` (or `python -m module args`, as
-torchrun's agent is started) as a user runs it (its own cwd, environment, argv, sys.path, stdin
-from /dev/null, stdout and stderr to files, atexit at the end), without paying the interpreter's
-start and torch's import again. One request per line on stdin, JSON {cwd, env, argv, stdout,
-stderr}; it answers with the child's pid, then its exit status.
+torchrun's agent is started) as a user runs it (its own cwd, environment, argv, sys.path, the
+caller's stdin, stdout and stderr, atexit at the end), without paying the interpreter's start and
+torch's import again. The tests ask through start() below; torchrun's workers through
+tests/forkclient.py. Requests come on a Unix socket, any number at once: a JSON request {cwd,
+env, argv} with the three file descriptors; the answer is the child's pid, then its exit status.
+$ python tests/forkserver.py SOCKET_PATH
 """
 import atexit
 import json
 import os
 import runpy
+import select
+import signal
+import socket
+import struct
 import sys
 import traceback
 
-import numpy  # noqa: F401
-import torch  # noqa: F401
-import torch.distributed  # noqa: F401
-import torch.nn.parallel  # noqa: F401
-import tqdm  # noqa: F401
 
-# the repository's modules are the scripts' own, each imported fresh by a child from its cwd
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-assert not {f[:-3] for f in os.listdir(REPO) if f.endswith('.py')} & set(sys.modules)
+def send(conn, request, fds):
+    """A request and its stdin, stdout and stderr, from the asking side."""
+    payload = json.dumps(request).encode()
+    socket.send_fds(conn, [struct.pack('!I', len(payload)) + payload], fds)
 
 
-def child(request):
+def start(path, request, fds):
+    """Ask the server at path to run request with fds: (connection, pid)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(path)
+    send(conn, request, fds)
+    return conn, int(readline(conn))
+
+
+def readline(conn):
+    line = b''
+    while not line.endswith(b'\n'):
+        chunk = conn.recv(1)
+        if not chunk:
+            raise ConnectionError("the fork server closed the connection")
+        line += chunk
+    return line.decode()
+
+
+def run_script(request):
+    """In the forked child: become `python argv...` in cwd with env, run it, and exit as it would."""
     os.chdir(request['cwd'])
     os.environ.clear()
     os.environ.update(request['env'])
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request['stdout'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                            (2, request['stderr'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        f = os.open(path, flags, 0o644)
-        os.dup2(f, fd)
-        os.close(f)
+    if 'OMP_NUM_THREADS' in os.environ:  # read when torch loads, so set here as a new process would have it
+        import torch  # (torchrun sets 1 for each of several workers)
+        torch.set_num_threads(int(os.environ['OMP_NUM_THREADS']))
     argv, module = list(request['argv']), None
     if argv[0] == '-m':
         module, argv = argv[1], argv[2:]
@@ -61,17 +80,60 @@ def child(request):
     os._exit(code)
 
 
-def main():
-    answers = os.fdopen(os.dup(1), 'w', buffering=1)  # our stdout is the children's until they redirect it
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            child(request)
-        print(pid, file=answers)
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status), file=answers)
+def supervise(conn):
+    """One request: fork the script's process, answer its pid, wait for it, answer its status."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # waitpid, and the script's own subprocesses
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    (size,), payload = struct.unpack('!I', msg[:4]), msg[4:]
+    while len(payload) < size:
+        payload += conn.recv(size - len(payload))
+    request = json.loads(payload)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        for fd, received in zip((0, 1, 2), fds):
+            os.dup2(received, fd)
+            os.close(received)
+        run_script(request)
+    for received in fds:
+        os.close(received)
+    conn.sendall(f"{pid}\n".encode())
+    while True:  # the asking side gone (killed) takes the script with it, as a killed parent's pipe would
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if select.select([conn], [], [], 0.02)[0] and not conn.recv(1):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def main(path):
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+    import torch.distributed  # noqa: F401
+    import torch.distributed.launcher.api  # noqa: F401  (torchrun's, which it runs as __main__)
+    import torch.nn.parallel  # noqa: F401
+    import tqdm  # noqa: F401
+    # the repository's modules are the scripts' own, each imported fresh by a child from its cwd
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert not {f[:-3] for f in os.listdir(repo) if f.endswith('.py')} & set(sys.modules)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors are reaped by the kernel
+    print('ready', flush=True)
+    while True:
+        conn, _ = server.accept()
+        if os.fork() == 0:
+            server.close()
+            supervise(conn)
+        conn.close()
 
 
 if __name__ == '__main__':
-    main()
+    main(sys.argv[1])

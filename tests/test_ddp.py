@@ -10,8 +10,6 @@ import glob
 import os
 import signal
 import socket
-import subprocess
-import sys
 import shutil
 import time
 
@@ -21,7 +19,7 @@ from transformers import GPT2LMHeadModel
 
 import checkpoints
 import loading
-from conftest import TINY, iter_losses, run
+from conftest import TINY, iter_losses, run, spawn, worker_pid
 
 # summation order differs (two ranks' gradients are all-reduced), so equality is up to
 # float32 rounding: logged losses (printed to 4 decimals) within 2e-4, weights within 1e-5
@@ -37,10 +35,9 @@ def two_nodes(repo, *args):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    nodes = [subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', '--nproc_per_node=1',
-                               '--rdzv_backend=c10d', f'--rdzv_endpoint=127.0.0.1:{port}', '--rdzv_id=test',
-                               f'--rdzv_conf=is_host={int(node == 0)}', 'train.py', *args], cwd=repo, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for node in (0, 1)]
+    nodes = [spawn(repo, 'torchrun', '--nnodes=2', '--nproc_per_node=1', '--rdzv_backend=c10d',
+                   f'--rdzv_endpoint=127.0.0.1:{port}', '--rdzv_id=test', f'--rdzv_conf=is_host={int(node == 0)}',
+                   'train.py', *args) for node in (0, 1)]
     outputs = [node.communicate(timeout=240) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in outputs]
     return next(out for out, _ in outputs if 'iter 0:' in out)
@@ -121,9 +118,7 @@ def test_kill_9_during_an_fsdp_save_leaves_a_checkpoint_that_resumes(repo):
     killed_mid_write = 0
     for attempt in range(4):
         init = 'resume' if os.path.exists(os.path.join(out, 'ckpt.pt')) else 'scratch'
-        agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                                  'train.py', *args, f'--init_from={init}'], cwd=repo,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = spawn(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, f'--init_from={init}')
         deadline = time.time() + 90
         while time.time() < deadline and not os.path.exists(os.path.join(out, 'ckpt.pt')):
             time.sleep(0.01)
@@ -182,7 +177,7 @@ def _worker_pid(agent_pid, rank):
         except (OSError, IndexError, ValueError):
             continue
         if ppid == agent_pid and f'RANK={rank}'.encode() in env:
-            return int(pid)
+            return worker_pid(int(pid))
     return None
 
 
@@ -196,9 +191,8 @@ def test_torchrun_restart_after_a_killed_worker_ends_like_an_uninterrupted_run(r
     args = [*TINY, '--gradient_accumulation_steps=2', '--max_iters=200', '--eval_interval=50', '--dropout=0.1',
             '--auto_resume=True', f'--parallelism={parallelism}']
     run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, '--out_dir=straight')
-    agent = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                              '--max-restarts=1', 'train.py', *args, '--out_dir=restarted'], cwd=repo, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    agent = spawn(repo, 'torchrun', '--standalone', '--nproc_per_node=2', '--max-restarts=1', 'train.py', *args,
+                  '--out_dir=restarted')
     ckpt = os.path.join(repo, 'restarted', 'ckpt.pt')
     deadline = time.time() + 120
     while not os.path.exists(ckpt) and agent.poll() is None and time.time() < deadline:

@@ -17,7 +17,7 @@ import torch
 import checkpoints
 import device
 import loading
-from conftest import REPO, TINY, digest, iter_losses, one_line_error, run
+from conftest import REPO, TINY, digest, iter_losses, one_line_error, run, spawn
 from device import setup_device
 
 NO_TRACEBACK = 'Traceback'
@@ -31,8 +31,7 @@ def test_kill_9_never_leaves_a_broken_checkpoint(repo):
     killed_mid_write = 0
     for attempt in range(6):
         init = 'resume' if os.path.exists(os.path.join(out, 'ckpt.pt')) else 'scratch'
-        p = subprocess.Popen([sys.executable, 'train.py', *args, f'--init_from={init}'], cwd=repo,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = spawn(repo, 'train.py', *args, f'--init_from={init}')
         deadline = time.time() + 60
         while time.time() < deadline and not os.path.exists(os.path.join(out, 'ckpt.pt')):
             time.sleep(0.01)
@@ -314,8 +313,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(trained_copy):
 
 
 def _start(repo, *args):
-    return subprocess.Popen([sys.executable, 'train.py', *TINY, *args], cwd=repo, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return spawn(repo, 'train.py', *TINY, *args)
 
 
 def _wait_for(path, timeout=60):
