@@ -104,14 +104,19 @@ def _int8_mm_public(x, weight, scales):
     return F.linear(x, weight.to(x.dtype)) * scales
 
 
+def _int8_mm_private(x, weight, scales):
+    """The same with PyTorch's weight-only int8 kernel (the one torchao's int8 weight-only configuration calls)."""
+    return torch._weight_int8pack_mm(x, weight, scales)
+
+
 @functools.cache
 def _int8_mm_private_works(device_type):
-    """Whether torch._weight_int8pack_mm (PyTorch's weight-only int8 kernel) exists and computes _int8_mm_public."""
+    """Whether torch._weight_int8pack_mm exists and computes _int8_mm_public."""
     x = torch.randn(2, 32, device=device_type).to(torch.bfloat16)
     w = torch.randint(-127, 128, (8, 32), dtype=torch.int8, device=device_type)
     s = torch.rand(8, device=device_type).to(torch.bfloat16)
     try:
-        got = torch._weight_int8pack_mm(x, w, s)
+        got = _int8_mm_private(x, w, s)
     except Exception as e:
         _fallback('torch._weight_int8pack_mm', e)
         return False
@@ -124,7 +129,7 @@ def _int8_mm_private_works(device_type):
 def int8_mm(x, weight, scales):
     """x (N, in) bfloat16 times int8 weight rows (out, in) times their bfloat16 scales: (N, out) bfloat16."""
     if _int8_mm_private_works(x.device.type):
-        return torch._weight_int8pack_mm(x, weight, scales)
+        return _int8_mm_private(x, weight, scales)
     return _int8_mm_public(x, weight, scales)
 
 

@@ -113,8 +113,12 @@ def supervise(conn):
 
 
 def main(path):
+    import warnings
     import numpy  # noqa: F401
     import torch  # noqa: F401
+    with warnings.catch_warnings():  # (torch 2.13's Inductor imports a deprecated torch.jit API)
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401  (int8 decoding's kernels)
     import torch.distributed  # noqa: F401
     import torch.distributed.launcher.api  # noqa: F401  (torchrun's, which it runs as __main__)
     import torch.nn.parallel  # noqa: F401
