@@ -130,9 +130,17 @@ def main(path):
     server.bind(path)
     server.listen(64)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the supervisors are reaped by the kernel
+    server.settimeout(1)
+    parent = os.getppid()
     print('ready', flush=True)
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except socket.timeout:
+            if os.getppid() != parent:  # the test session is gone, killed: so is its server
+                return
+            continue
+        conn.setblocking(True)
         if os.fork() == 0:
             server.close()
             supervise(conn)
