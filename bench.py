@@ -6,13 +6,17 @@ $ python bench.py --profile=True                           # where the time goes
 $ python bench.py --mode=generate                          # sampling: float32, bfloat16, int8 weights, no cache, transformers
 $ python bench.py --mode=generate --n_layer=48 --n_head=25 --n_embd=1600 --num_samples=1   # ... at GPT-2 XL's shape
 $ python bench.py --mode=memory config/train_gpt2.py       # per-process training state, DDP vs FSDP
-$ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and measured
+$ python bench.py --mode=memory --n_layer=48 --n_head=25 --n_embd=1600 --block_size=256 --batch_size=1  # GPT-2 XL's
+  finetuning on one process, measured: full, full + activation checkpointing, LoRA, LoRA + AC
+$ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and DDP vs FSDP measured
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
 import ast
 import gc
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 
 from dataloader import get_batch, load_meta
-from device import PeakAnonMemory, fast_cpu_matmuls, maybe_compile, setup_device
+from device import PeakAnonMemory, fast_cpu_matmuls, maybe_compile, return_freed_memory_at_once, rss_anon
+from device import setup_device
 from device import peak_flops as find_peak_flops
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import load_model
@@ -63,6 +68,7 @@ repeats = 3  # generate mode: timed runs per row, the fastest counts (a shared m
 no_cache = True  # generate mode: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
 quality_positions = 4096  # generate mode: positions (of data/<dataset>/val.bin, else random) to compare with float32; 0: none
 parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
+memory_rows = 'full,full+ac,lora,lora+ac'  # memory mode: the finetunings to measure (LoRA at lora_rank, else 8)
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
@@ -83,6 +89,8 @@ if n_embd % n_head:
 torch.manual_seed(seed)
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+if device.type == 'cpu' and mode != 'generate':  # as train.py does
+    return_freed_memory_at_once()
 weight_dtypes = WEIGHT_DTYPES if weight_dtype == 'all' else (weight_dtype,)
 if mode == 'generate' and weight_dtype_error(weight_dtypes[-1], device):  # int8, the one some devices lack
     die(weight_dtype_error(weight_dtypes[-1], device))
@@ -379,20 +387,94 @@ def bench_generate():
 
 
 # -----------------------------------------------------------------------------
-# mode 'memory': what training keeps on each process between steps: float32 weights, their
-# gradients and AdamW's two moments, 16 bytes a parameter under DDP on every process; FSDP shards
-# all of it N ways
+# mode 'memory': what finetuning holds on one process. Full finetuning keeps float32 weights, their
+# gradients and AdamW's two moments, 16 bytes a parameter (FSDP shards all of it N ways); LoRA only the
+# weights (half with a bfloat16 base) and small adapters; activation checkpointing keeps one block's
+# activations instead of all. Measured: the peak of a few training steps, over the weights
+
+MEMORY_ROWS = ('full', 'full+ac', 'lora', 'lora+ac')
+
+
+def memory_label(row):
+    """'lora+ac' -> 'LoRA r=8 + AC': a row's name in the table."""
+    return (f"LoRA r={lora_rank or 8}" if row.startswith('lora') else 'full') + (" + AC" if row.endswith('+ac') else "")
+
+
+def available_memory():
+    """The memory the kernel could give this process now, in bytes (MemAvailable; unknown: no limit)."""
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
+        return float('inf')
+
+
+def memory_row(model, lora, checkpointed, steps):
+    """Train model a few steps as named (peft adapters added in place for LoRA): the peak bytes held, and s/step."""
+    import lora as lora_module
+    if lora:
+        lora_module.add_adapters(model, lora_module.lora_settings(lora_rank or 8, lora_alpha, lora_dropout, lora_targets),
+                                 torch.bfloat16 if dtype == 'bfloat16' else None)
+    model.checkpoint_activations(checkpointed)
+    opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
+    x = torch.randint(model.config.vocab_size, (batch_size, block_size), device=device)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    with PeakAnonMemory() as mem:
+        for _ in range(steps):
+            with ctx:
+                _, loss = model(x, x)
+            scaler.scale(loss).backward()
+            optimizer_step(model, opt, scaler, grad_clip)
+        sync()
+    dt = (time.perf_counter() - t0) / steps
+    return torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else mem.peak, dt
+
 
 def bench_memory():
-    model = GPT(GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                          bias=bias)).to(device)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{n:,} parameters; weights + gradients + AdamW state per process (activations not included):")
-    for world in (1, 8):
-        print(f"{world:>3} processes: DDP {16 * n / 2**30:8.2f} GiB, FSDP {16 * n / world / 2**30:8.2f} GiB")
-    if not ddp:
+    config = GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
+                       **{k: globals()[k] for k in MODEL_OPTIONS})
+    with torch.device('meta'):
+        n = sum(p.numel() for p in GPT(config).parameters())
+    rows = [r.strip() for r in memory_rows.split(',') if r.strip()]
+    child = os.environ.get('BENCH_MEMORY_ROW') == '1'  # one row of a table its parent prints
+    if not child:
+        print(f"{n:,} parameters; weights + gradients + AdamW state per process (activations not included):")
+        for world in (1, 8):
+            print(f"{world:>3} processes: DDP {16 * n / 2**30:8.2f} GiB, FSDP {16 * n / world / 2**30:8.2f} GiB")
+    if ddp:
+        return bench_memory_sharded(GPT(config).to(device))
+    # measured, one process: each row in a process of its own, so that no row's memory is another's
+    gib, steps = 2**30, num_steps if 'num_steps' in _set_keys else 3
+    for row in rows:
+        if row not in MEMORY_ROWS:
+            die(f"memory_rows: '{row}' is none of {', '.join(MEMORY_ROWS)}")
+    if not child:
+        print(f"measured: {steps} training steps of batch {batch_size} x {block_size}, dtype {dtype}, on {device}; "
+              f"peak {'allocated' if device.type == 'cuda' else 'anonymous memory (RssAnon)'}")
+        print(f"{'finetuning':<20} {'peak GiB':>9} {'weights GiB':>12} {'over them':>10} {'s/step':>8}", flush=True)
+    if not child:
+        for row in rows:
+            if not row.startswith('lora') and device.type == 'cpu' and 16 * n > 0.9 * available_memory():
+                print(f"{memory_label(row):<20} {'-':>9} {4 * n / gib:12.2f} {'-':>10} {'-':>8}  (needs {16 * n / gib:.1f} GiB "
+                      f"before activations)", flush=True)
+                continue
+            subprocess.run([sys.executable, *sys.argv, f'--memory_rows={row}', f'--num_steps={steps}'], check=True,
+                           env={**os.environ, 'BENCH_MEMORY_ROW': '1'})
         return
-    # measured: one training step on this process's share
+    row = rows[0]
+    before = rss_anon() if device.type == 'cpu' else 0
+    model = GPT(config).to(device)
+    peak, dt = memory_row(model, row.startswith('lora'), row.endswith('+ac'), steps)
+    weights = sum(p.nbytes for p in model.parameters())  # as kept: a LoRA base in bfloat16 is half
+    peak -= before  # (CPU) what this process held before the model: torch itself
+    print(f"{memory_label(row):<20} {peak / gib:9.2f} {weights / gib:12.2f} {(peak - weights) / gib:10.2f} {dt:8.2f}")
+
+
+def bench_memory_sharded(model):
+    """Under torchrun: one training step on this process's share (DDP: all of it; FSDP: 1/N)."""
     from torch.distributed.tensor import DTensor
     from torch.nn.parallel import DistributedDataParallel as DDP
     start_ddp(device)

@@ -3,14 +3,16 @@ Checkpoints: ckpt.pt and the optimizer state beside it (one file, or DCP shards 
 atomically so that a kill never leaves a broken pair, and read safely (no pickled code runs).
 """
 
+import copy
 import os
 import pickle
 import shutil
 import warnings
+from contextlib import nullcontext
 
 import torch
 
-from util import die
+from util import die, os_error, write_error, written
 
 
 def strip_prefixes(state_dict):
@@ -23,42 +25,22 @@ def strip_prefixes(state_dict):
     return out
 
 
-def _os_error(e):
-    """The OSError behind an exception, if any: torch.save reports a failed write as a RuntimeError."""
-    while e is not None and not isinstance(e, OSError):
-        e = e.__cause__ or e.__context__
-    return e
-
-
 def _atomic_save(obj, path):
-    """
-    Write to a temporary file beside path, then rename: path is always complete, old or new. A write
-    that fails (a full disk) removes the temporary file and ends the run with one line naming path.
-    """
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C included: no temporary file is left behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        cause = _os_error(e)
-        if cause is None:
-            raise
-        die(f"{(cause.strerror or str(cause)).lower()} writing {path}; the previous checkpoint is untouched")
+    """torch.save whole or not at all (util.written): a failed write leaves path as it was and ends the run."""
+    with written(path, note='the previous checkpoint is untouched') as f:
+        torch.save(obj, f)
 
 
-def save_checkpoint(out_dir, checkpoint, optimizer_state):
+def save_checkpoint(out_dir, checkpoint, optimizer_state, merged=None):
     """
     out_dir/ckpt.pt holds the model and what describes it (about the size of the weights, all
     that sample.py and export.py read); the optimizer state, twice that size, goes to
     out_dir/optimizer-<iter>.pt, which ckpt.pt names. The optimizer file is written first and the
     previous one removed last, so a kill at any moment leaves a ckpt.pt whose optimizer file exists.
     If ckpt.pt cannot be written, the new optimizer file goes again and the old pair stays. (The
-    caller defers Ctrl-C meanwhile: out_dir.ExitOnInterrupt.deferred.)
+    caller defers Ctrl-C meanwhile: out_dir.ExitOnInterrupt.deferred.) A LoRA run passes merged
+    (lora.merged's maker): called with the optimizer file's path once that file is written, its
+    context gives ckpt.pt's 'model'.
     """
     name = f"optimizer-{checkpoint['iter_num']:08d}.pt"
     path = os.path.join(out_dir, name)
@@ -67,7 +49,8 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state):
     def discard():
         if not existed:
             os.remove(path)
-    _save_pair(out_dir, checkpoint, name, lambda: _atomic_save(optimizer_state, path), discard)
+    _save_pair(out_dir, checkpoint, name, lambda: _atomic_save(optimizer_state, path), discard,
+               (lambda: merged(path)) if merged else None)
 
 
 def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):
@@ -107,19 +90,25 @@ def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):
         except Exception as e:
             if checkpoint is not None:
                 shutil.rmtree(path, ignore_errors=True)
-            die(f"cannot write {path}: {str(e).splitlines()[0][:200]}; the previous checkpoint is untouched")
+            note = 'the previous checkpoint is untouched'
+            die(write_error(path, os_error(e), note) if os_error(e) else
+                f"cannot write {path}: {str(e).splitlines()[0][:200]}; {note}")
 
     def discard():
         shutil.rmtree(path, ignore_errors=True)
     _save_pair(out_dir, checkpoint and {**checkpoint, 'model': weights}, name, write, discard)
 
 
-def _save_pair(out_dir, checkpoint, name, write_optimizer, discard):
-    """The optimizer state (name in out_dir), then ckpt.pt naming it (if checkpoint), then the old state goes."""
+def _save_pair(out_dir, checkpoint, name, write_optimizer, discard, weights=None):
+    """
+    The optimizer state (name in out_dir), then ckpt.pt naming it (if checkpoint), then the old state
+    goes. weights: a context manager giving ckpt.pt's 'model' while it is written.
+    """
     write_optimizer()
     if checkpoint is not None:
         try:
-            _atomic_save({**checkpoint, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
+            with weights() if weights else nullcontext(checkpoint['model']) as model:
+                _atomic_save({**checkpoint, 'model': model, 'optimizer_file': name}, os.path.join(out_dir, 'ckpt.pt'))
         except BaseException:
             discard()
             raise
@@ -157,23 +146,31 @@ def load_checkpoint(path, trust=False, mmap=False):
     return checkpoint
 
 
-def load_optimizer_state(out_dir, checkpoint, trust=False):
-    """The optimizer and grad-scaler state saved with a checkpoint: its own file, or inside it (nanoGPT)."""
+def load_optimizer_state(out_dir, checkpoint, trust=False, mmap=False):
+    """
+    The optimizer and grad-scaler state saved with a checkpoint: its own file, or inside it (nanoGPT).
+    mmap: the file's other tensors (a LoRA run's frozen weights) stay in its pages until read; the
+    optimizer's own are copied out, since the file goes at the next save.
+    """
     if 'optimizer_file' not in checkpoint:
         return {'optimizer': checkpoint['optimizer'], 'scaler': checkpoint.get('scaler')}
     path = os.path.join(out_dir, checkpoint['optimizer_file'])
     if not os.path.isfile(path):
         die(f"{path}, the optimizer state of {os.path.join(out_dir, 'ckpt.pt')}, is missing")
-    return _load(path, trust)
+    state = _load(path, trust, mmap)
+    if mmap:
+        state['optimizer'] = copy.deepcopy(state['optimizer'])
+    return state
 
 
-def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False):
+def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False, state=None):
     """
     Put the optimizer (and fp16 scaler) state saved with checkpoint into optimizer, whatever the
     layout of the run that saved it and of this one: a folder written by an FSDP run is read
     through DCP, which reshards it to this run's processes (FSDP with any number, DDP or one
     process); a whole state (one process or DDP, or nanoGPT's) is loaded as it is, or, into an
     FSDP model, spread over its shards. model is the plain or FSDP module, not a DDP/compile wrapper.
+    state: load_optimizer_state's result, where the caller has read it already.
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                          set_optimizer_state_dict)
@@ -189,7 +186,7 @@ def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False
             die(f"cannot read {os.path.join(out_dir, name)}: {str(e).splitlines()[0][:200]}")
         set_optimizer_state_dict(model, optimizer, state['optimizer'])
         return
-    state = load_optimizer_state(out_dir, checkpoint, trust)
+    state = state or load_optimizer_state(out_dir, checkpoint, trust)
     if any(hasattr(p, 'device_mesh') for p in model.parameters()):  # sharded by FSDP (DTensors)
         # torch's state_dict API names parameters where optimizer.state_dict() numbers them
         names = {id(p): n for n, p in model.named_parameters()}

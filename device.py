@@ -121,6 +121,27 @@ def fast_cpu_matmuls(model, device, dtype):
     return onednn
 
 
+def return_freed_memory_at_once(threshold=4 * 2**20):
+    """
+    On Linux with glibc, serve every allocation of threshold bytes or more (activations, in training)
+    from mmap, so that freeing it gives the memory back to the OS at once. By default glibc raises
+    that threshold as it sees such blocks freed, and later ones then come from its heap, which keeps
+    what is freed: over a backward pass, gigabytes beside a big model's live tensors. Fixing the
+    threshold also fixes when the heap's top is given back (trimmed), which glibc would raise as well:
+    set high, so that small tensors reuse the heap as before. (mallopt(3), through ctypes: no library
+    or torch setting does it.) Returns whether it took effect.
+    """
+    if not sys.platform.startswith('linux'):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc's, and musl's has none
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return mallopt(M_MMAP_THRESHOLD, threshold) == 1 and mallopt(M_TRIM_THRESHOLD, 16 * threshold) == 1
+
+
 def setup_device(device='auto', dtype='auto', local_rank=0):
     """(torch.device, dtype name, autocast context), with TF32 matmuls allowed on CUDA."""
     device = pick_device(device, local_rank)
@@ -229,3 +250,34 @@ def peak_memory(device):
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == 'darwin' else peak * 1024  # macOS counts bytes, Linux KiB
+
+
+def out_of_memory(e):
+    """Which memory ran out ('GPU', 'MPS', 'CPU'), if e says one did, else None."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return 'GPU'
+    if isinstance(e, MemoryError):
+        return 'CPU'
+    if isinstance(e, RuntimeError):
+        msg = str(e)
+        if 'MPS backend out of memory' in msg:
+            return 'MPS'
+        if "DefaultCPUAllocator: can't allocate memory" in msg or 'not enough memory' in msg or 'std::bad_alloc' in msg:
+            return 'CPU'
+    return None
+
+
+def exit_on_out_of_memory(advice):
+    """
+    From here on, an out-of-memory error that nothing catches ends the script with one line on
+    stderr, what ran out and then advice (what to change), and exit status 1, not a traceback.
+    Anything else is reported as before.
+    """
+    report = sys.excepthook
+
+    def hook(kind, e, tb):
+        what = out_of_memory(e)
+        if what is None:
+            return report(kind, e, tb)
+        print(f"error: out of memory ({what}); {advice}", file=sys.stderr)
+    sys.excepthook = hook

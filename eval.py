@@ -13,11 +13,11 @@ import time
 
 import tasks
 from dataloader import get_tokenizer
-from device import fast_cpu_matmuls, setup_device
+from device import exit_on_out_of_memory, fast_cpu_matmuls, setup_device
 from distributed import ddp_ranks, end_ddp, start_ddp
 from loading import load_model
 from quantize import weight_dtype_error
-from util import die
+from util import die, written
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory
@@ -49,6 +49,7 @@ if not os.path.isfile(path):
 
 ddp, rank, local_rank, world_size = ddp_ranks()
 device, dtype, ctx = setup_device(device, dtype, local_rank)
+exit_on_out_of_memory("lower batch_size (lambada), or use weight_dtype=bfloat16 or int8 (fewer bytes a weight)")
 if weight_dtype_error(weight_dtype, device):
     die(weight_dtype_error(weight_dtype, device))
 if ddp:
@@ -86,8 +87,8 @@ if rank == 0:
     print(f"{task:<10} {results['examples']:>8} {results['acc']:>7.4f} {results[metric]:>10.4f} {results['tokens_per_s']:>9.0f}")
     print(f"reference: {REFERENCE[task]}")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f'eval_{task}.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+    with written(os.path.join(out_dir, f'eval_{task}.json')) as f:
+        f.write(json.dumps(results, indent=2).encode())
     print(f"wrote {os.path.join(out_dir, f'eval_{task}.json')}")
 if ddp:
     end_ddp()

@@ -4,26 +4,44 @@ $ python export.py --out_dir=out-shakespeare-char
 writes out-shakespeare-char/hf (config.json, model.safetensors); then
 GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf') gives the same logits.
 A character-level model keeps its own vocabulary (data/<dataset>/meta.json), not GPT-2's tokenizer.
+A LoRA run's checkpoint holds the merged weights, exported as above; --adapter=True writes its
+adapters instead, as a peft adapter directory (out_dir/adapter) for the GPT-2 it was trained on:
+PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), 'out-shakespeare-lora/adapter').
 """
 import os
 
 from checkpoints import load_checkpoint
 from loading import model_from_checkpoint
-from util import die
+from util import die, write_error
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt
-export_dir = ''  # where to write the Hugging Face directory; '' means out_dir/hf
+export_dir = ''  # where to write the Hugging Face directory; '' means out_dir/hf (out_dir/adapter with adapter)
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 vocab_size = 0  # vocabulary to export; 0 cuts a padded 50304 back to GPT-2's 50257, else keeps it
+adapter = False  # a LoRA run: write its adapters as a peft adapter directory instead of the merged model
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint), dropout=0.0)
+checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust_checkpoint)
+if adapter:
+    if 'lora' not in checkpoint:
+        die(f"{os.path.join(out_dir, 'ckpt.pt')} is not a LoRA run's (train with --lora_rank=8, say); "
+            f"without --adapter it exports as a whole model")
+    from lora import save_adapter_dir
+    export_dir = export_dir or os.path.join(out_dir, 'adapter')
+    save_adapter_dir(checkpoint['lora'], export_dir)  # whole files or a one-line error
+    base = checkpoint['lora']['base']
+    print(f"wrote {export_dir} (adapter_config.json, adapter_model.safetensors), the adapters for {base}: "
+          f"PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained('{base}'), '{export_dir}')")
+    raise SystemExit(0)
+model = model_from_checkpoint(checkpoint, dropout=0.0)
 export_dir = export_dir or os.path.join(out_dir, 'hf')
 try:
     model.save_pretrained(export_dir, vocab_size=vocab_size or None)
-except (ValueError, OSError) as e:
+except ValueError as e:
     die(f"cannot export to {export_dir}: {e}")
+except OSError as e:
+    die(write_error(export_dir, e))
 print(f"wrote {export_dir} (config.json, model.safetensors): GPT2LMHeadModel.from_pretrained('{export_dir}')")

@@ -4,6 +4,7 @@ directory or one of OpenAI's four GPT-2s from the Hub cache (loading.py builds t
 """
 import json
 import os
+import re
 
 import torch
 from safetensors import safe_open
@@ -126,11 +127,23 @@ def save_pretrained(model, directory, vocab_size=None):
     hf.update(bos_token_id=eot, eos_token_id=eot)
     from safetensors.torch import save_file
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, 'config.json'), 'w') as f:
-        json.dump(hf, f, indent=2)
     path = os.path.join(directory, 'model.safetensors')
-    save_file(sd, path + '.tmp', metadata={'format': 'pt'})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path + '.tmp', 0o666 & ~umask)  # safetensors writes 0600; ckpt.pt and config.json follow the umask
-    os.replace(path + '.tmp', path)
+    try:  # each file whole or not at all (a full disk): written beside, then renamed
+        try:
+            save_file(sd, path + '.tmp', metadata={'format': 'pt'})
+        except Exception as e:  # safetensors reports a failed write as its own error, with the OS's number
+            number = re.search(r'os error (\d+)', str(e))
+            if number is None:
+                raise
+            raise OSError(int(number[1]), os.strerror(int(number[1]))) from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path + '.tmp', 0o666 & ~umask)  # safetensors writes 0600; ckpt.pt and config.json follow the umask
+        os.replace(path + '.tmp', path)
+        with open(os.path.join(directory, 'config.json.tmp'), 'w') as f:
+            json.dump(hf, f, indent=2)
+        os.replace(os.path.join(directory, 'config.json.tmp'), os.path.join(directory, 'config.json'))
+    finally:
+        for tmp in (path + '.tmp', os.path.join(directory, 'config.json.tmp')):
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class KVCache:
@@ -175,8 +176,15 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
+        self.checkpointed = False  # recompute this block's activations in the backward pass (GPT.checkpoint_activations)
 
     def forward(self, x, cache=None, mask=None, rotary=None):
+        if self.checkpointed and torch.is_grad_enabled():
+            # non-reentrant: the recompute replays the forward's RNG state, so dropout draws the same masks
+            return checkpoint(self.sublayers, x, cache, mask, rotary, use_reentrant=False)
+        return self.sublayers(x, cache, mask, rotary)
+
+    def sublayers(self, x, cache=None, mask=None, rotary=None):
         x = x + self.attn(self.ln_1(x), cache, mask, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -268,6 +276,14 @@ class GPT(nn.Module):
         """
         for block in self.transformer.h:
             block.attn.spelled_out_keys = max_keys
+
+    def checkpoint_activations(self, on=True):
+        """
+        Keep only each block's input for the backward pass and recompute the rest there (torch.utils.checkpoint,
+        per block as torchtitan's full AC): activation memory of one block instead of all, for one more forward.
+        """
+        for block in self.transformer.h:
+            block.checkpointed = on
 
     def get_num_params(self, non_embedding=True):
         """

@@ -3,13 +3,14 @@ A run's out_dir: one run at a time (the lock), Ctrl-C that ends the run with one
 midway through a save, and metrics.jsonl, the record of its losses and health.
 """
 import atexit
+import errno
 import json
 import os
 import signal
 import sys
 from contextlib import contextmanager
 
-from util import die
+from util import die, write_error, written
 
 
 def lock_out_dir(out_dir):
@@ -47,10 +48,13 @@ def lock_out_dir(out_dir):
         except FileNotFoundError:
             pass
         f.close()
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    try:  # unbuffered, so that a full disk fails here, once
+        os.ftruncate(f.fileno(), 0)
+        os.write(f.fileno(), f"{os.getpid()}\n".encode())
+    except OSError as e:
+        os.remove(path)
+        f.close()
+        die(write_error(path, e))
 
     def release():
         if not f.closed:
@@ -115,17 +119,17 @@ class MetricsLog:
                             kept.append(line if line.endswith('\n') else line + '\n')
                     except (ValueError, KeyError, TypeError):
                         pass  # a line cut short by a kill
-        try:
-            with open(path + '.tmp', 'w', encoding='utf-8') as f:
-                f.writelines(kept)
-            os.replace(path + '.tmp', path)
-            self.file = open(path, 'a', encoding='utf-8')
-        except OSError as e:
-            die(f"{e.strerror.lower()} writing {path}")
+        with written(path) as f:
+            f.write(''.join(kept).encode('utf-8'))
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def log(self, **entry):
+        """One entry, a whole line (written unbuffered: a full disk cuts off nothing, and fails here)."""
+        line = (json.dumps(entry) + '\n').encode('utf-8')
+        end = os.lseek(self.fd, 0, os.SEEK_END)
         try:
-            self.file.write(json.dumps(entry) + '\n')
-            self.file.flush()
+            if os.write(self.fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # so: the disk took part of the line
         except OSError as e:
-            die(f"{e.strerror.lower()} writing {self.path}")
+            os.ftruncate(self.fd, end)
+            die(write_error(self.path, e))

@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 
-from util import die
+from util import die, written
 
 PANELS = [  # (title, x, [(label, key of metrics.jsonl)], y log-scale)
     ('loss', 'iter', [('train (log lines)', 'loss'), ('train (eval)', 'train_loss'), ('val', 'val_loss')], False),
@@ -66,13 +66,8 @@ def draw(runs, path):
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    try:  # written whole or not at all
-        fig.savefig(path + '.tmp', format='png', dpi=100)
-        os.replace(path + '.tmp', path)
-    except OSError as e:
-        if os.path.exists(path + '.tmp'):
-            os.remove(path + '.tmp')
-        die(f"{(e.strerror or str(e)).lower()} writing {path}")
+    with written(path) as f:
+        fig.savefig(f, format='png', dpi=100)
     return fig
 
 

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from dataloader import get_tokenizer
-from device import maybe_compile, setup_device
+from device import exit_on_out_of_memory, maybe_compile, setup_device
 from loading import load_model
 from out_dir import ExitOnInterrupt
 from quantize import for_inference, weight_dtype_error
@@ -53,6 +53,7 @@ if not 0.0 < top_p <= 1.0:
 ExitOnInterrupt(lambda: "while sampling")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
+exit_on_out_of_memory("lower num_samples or max_new_tokens, or use weight_dtype=bfloat16 or int8 (fewer bytes a weight)")
 if weight_dtype_error(weight_dtype, device):
     die(weight_dtype_error(weight_dtype, device))
 

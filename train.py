@@ -28,9 +28,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from checkpoints import load_checkpoint, restore_optimizer, save_checkpoint, save_sharded_checkpoint
+from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, save_checkpoint, save_sharded_checkpoint
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
-from device import fast_cpu_matmuls, maybe_compile, peak_flops as find_peak_flops, peak_memory, setup_device
+from device import exit_on_out_of_memory, fast_cpu_matmuls, maybe_compile, peak_flops as find_peak_flops, peak_memory
+from device import return_freed_memory_at_once, setup_device
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import from_pretrained, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
@@ -49,7 +50,7 @@ eval_only = False  # if True, script exits right after the first eval
 always_save_checkpoint = True  # if True, always save a checkpoint after each eval
 hellaswag_interval = 0  # zero-shot HellaSwag accuracy every this many iterations (0 = off; data/hellaswag/prepare.py)
 hellaswag_limit = 0  # evaluate only the first hellaswag_limit examples (0 = all 10,042)
-init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory
+init_from = 'scratch'  # 'scratch' or 'resume' or 'gpt2*' or a local Hugging Face GPT-2 directory or a ckpt.pt
 auto_resume = False  # if out_dir holds a checkpoint, resume it whatever init_from says (torchrun --max-restarts)
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 # wandb logging
@@ -77,6 +78,12 @@ norm = 'layernorm'  # or 'rmsnorm'
 tie_weights = True
 zero_init_proj = False
 logit_softcap = 0.0  # 0 = off
+# LoRA finetuning (through peft): low-rank adapters train beside frozen weights
+lora_rank = 0  # 0 = off (every weight trains); e.g. 8
+lora_alpha = 16  # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0  # dropout on the adapters' input
+lora_targets = 'c_attn,c_proj,c_fc'  # the Linears that get adapters, by name: attention's and the MLP's projections
+activation_checkpointing = False  # recompute each block's activations in the backward pass: less memory, more compute
 # adamw optimizer
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
 muon_lr = 0.02  # Muon's max learning rate (the schedule scales it as it does learning_rate)
@@ -117,7 +124,8 @@ for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive
                        ('min_lr', min_lr >= 0, 'finite and >= 0'), ('weight_decay', weight_decay >= 0, 'finite and >= 0'),
                        ('grad_clip', grad_clip >= 0, 'finite and >= 0 (0 turns clipping off)'),
                        ('beta1', 0 <= beta1 < 1, 'in [0, 1)'), ('beta2', 0 <= beta2 < 1, 'in [0, 1)'),
-                       ('dropout', 0 <= dropout < 1, 'in [0, 1)')):
+                       ('dropout', 0 <= dropout < 1, 'in [0, 1)'), ('lora_dropout', 0 <= lora_dropout < 1, 'in [0, 1)'),
+                       ('lora_alpha', lora_alpha > 0, 'finite and positive')):
     if not (ok and math.isfinite(globals()[name])):  # NaN fails every comparison
         die(f"{name} must be {want}, got {globals()[name]}")
 if init_from == 'scratch' and n_embd % n_head:
@@ -126,6 +134,8 @@ if optimizer not in ('adamw', 'muon'):
     die(f"optimizer must be 'adamw' or 'muon', got '{optimizer}'")
 if parallelism not in ('ddp', 'fsdp'):
     die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
+if lora_rank < 0 or (lora_rank and not lora_targets.replace(',', '').strip()):
+    die(f"lora_rank must be >= 0 (0 = off) and lora_targets name a Linear, got {lora_rank} and '{lora_targets}'")
 if decay_lr and lr_decay_iters <= warmup_iters:
     die(f"lr_decay_iters ({lr_decay_iters}) must be larger than warmup_iters ({warmup_iters}), or set decay_lr=False")
 
@@ -144,8 +154,15 @@ if batch_ramp_tokens and not 0 < ramp_start <= gradient_accumulation_steps:
         f"({gradient_accumulation_steps * ddp_world_size})")
 master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+if device.type == 'cpu':  # activations freed in the backward pass go back to the OS, not to a heap that keeps them
+    return_freed_memory_at_once()
+exit_on_out_of_memory(f"lower batch_size (more gradient_accumulation_steps keep the batch) or block_size, or set "
+                      f"activation_checkpointing=True, a LoRA finetune (lora_rank=8, or a lower one) or dtype=bfloat16 "
+                      f"(the last checkpoint in {out_dir} is untouched)")
 if fsdp and dtype == 'float16':
     die("parallelism='fsdp' does not run float16 (its gradient scaler is DDP's): use --dtype=bfloat16 or float32")
+if fsdp and lora_rank:
+    die("LoRA runs under DDP, not FSDP (peft's adapters are not sharded): use --parallelism=ddp")
 if ddp:
     start_ddp(device, backend)
 micro_tokens = ddp_world_size * batch_size * block_size  # tokens of one micro-step on every process
@@ -247,6 +264,19 @@ elif init_from == 'resume':
     model = model_from_checkpoint(checkpoint, dropout=dropout)
     iter_num = saved_iter = checkpoint['iter_num']
     best_val_loss = float(checkpoint['best_val_loss'])
+    # a LoRA run resumes as one, with its own settings; any other without adapters
+    saved = {f'lora_{k}': ','.join(v) if k == 'targets' else v for k, v in checkpoint.get('lora', {}).items()
+             if k in ('rank', 'alpha', 'dropout', 'targets')} or {'lora_rank': 0}
+    for k, v in saved.items():
+        if k in _set_keys and globals()[k] != v:
+            die(f"the checkpoint in {out_dir} has {k}={v}, but {k}={globals()[k]} was asked" + ("" if saved['lora_rank']
+                else f" (to LoRA-finetune it, use --init_from={ckpt_path} and a new out_dir)"))
+    globals().update(saved)
+    if fsdp and lora_rank:
+        die("LoRA runs under DDP, not FSDP (peft's adapters are not sharded): use --parallelism=ddp")
+elif os.path.isfile(init_from):
+    print(f"Initializing from the checkpoint {init_from}")
+    model = model_from_checkpoint(load_checkpoint(init_from, trust_checkpoint), dropout=dropout)
 else:
     print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
     try:
@@ -263,9 +293,26 @@ if meta_vocab_size and model.config.vocab_size < meta_vocab_size:
 vocab_size = meta_vocab_size or model.config.vocab_size  # no token id in the data may reach it
 for split, data in (('train', train_data), ('val', val_data)):
     check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
+lora = optimizer_state = None
+if lora_rank:
+    from lora import add_adapters, adapter_weights, base_weights, load_adapters, lora_settings, merged, restore_base
+    lora = lora_settings(lora_rank, lora_alpha, lora_dropout, lora_targets)
+    lora['base'] = checkpoint['lora']['base'] if checkpoint else init_from  # what the adapters go onto (export.py)
+    try:  # where the device computes in bfloat16, the frozen weights are kept in it too: half their bytes
+        add_adapters(model, lora, torch.bfloat16 if dtype == 'bfloat16' else None)
+    except ValueError as e:
+        die(f"lora_targets '{lora_targets}': {str(e).splitlines()[0][:200]}")
+    if checkpoint:  # the frozen weights as they were (ckpt.pt holds them merged), the adapters and their optimizer
+        optimizer_state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint, mmap=True)
+        restore_base(model, optimizer_state.pop('lora_base'))
+        load_adapters(model, checkpoint['lora']['adapters'])
+model.checkpoint_activations(activation_checkpointing)
 model.to(device)
 fast_cpu_matmuls(model, device, dtype)
-print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M" + (
+    f", of which LoRA adapters (rank {lora_rank}) train {trainable:,} ({trainable / model.get_num_params():.2%})"
+    if lora else ""))
 if fsdp:
     shard_model(model, device, dtype)  # in place, before the optimizer: it must hold the shards
 
@@ -275,7 +322,7 @@ scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 # optimizer
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
 if checkpoint is not None:
-    restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust_checkpoint)
+    restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust_checkpoint, optimizer_state)
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None
 checkpoint = None  # free up memory
 
@@ -377,19 +424,22 @@ while True:
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
-                checkpoint = dict(model=None if fsdp else raw_model.state_dict(),  # FSDP: gathered by the save
+                checkpoint = dict(model=None if fsdp or lora else raw_model.state_dict(),  # FSDP, LoRA: by the save
                                   model_args=raw_model.config.model_args(), model_options=raw_model.config.model_options(),
                                   iter_num=iter_num, best_val_loss=best_val_loss, config=config,
-                                  **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}))
+                                  **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}),
+                                  **({'lora': {**lora, 'adapters': adapter_weights(raw_model)}} if lora else {}))
                 if master_process:
                     print(f"saving checkpoint to {out_dir}")
                 saved_iter = iter_num  # already: a Ctrl-C during the save takes effect once it is complete
                 with interrupts.deferred():
                     if fsdp:
                         save_sharded_checkpoint(out_dir, checkpoint if master_process else None, raw_model, optimizer)
-                    else:
+                    else:  # LoRA: ckpt.pt holds the merged weights, the optimizer file the frozen ones besides
                         save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
-                                                              'scaler': scaler.state_dict() if scaler.is_enabled() else None})
+                                                              'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+                                                              **({'lora_base': base_weights(raw_model)} if lora else {})},
+                                        (lambda path: merged(raw_model, path)) if lora else None)
                 checkpoint = None
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:

@@ -1,15 +1,57 @@
 """
 What every script shares that needs no torch (so the data/*/prepare.py scripts start fast): one-line
-errors, downloads written whole or not at all, and GPT-2's tokenizer.
+errors, files and downloads written whole or not at all, and GPT-2's tokenizer.
 """
+import errno
 import os
 import sys
+from contextlib import contextmanager
 
 
 def die(msg):
     """Bad input: one line on stderr and a non-zero exit, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def os_error(e):
+    """The OSError behind an exception, if any (torch.save, for one, reports a failed write as a RuntimeError)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def write_error(path, e, note=''):
+    """The one line for a write that failed: what failed, the file, what to do."""
+    line = f"{(e.strerror or str(e)).lower()} writing {path}" + (f"; {note}" if note else "")
+    return line + ("; free some space there, or write elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+
+
+@contextmanager
+def written(path, mode='wb', note=''):
+    """
+    Write path whole or not at all: the block writes path + '.tmp' (a file object in mode; mode None
+    gives the temporary path itself, for a library that opens it), which replaces path once complete.
+    A write that fails (a full disk) removes the temporary file and ends the script with one line
+    naming path, followed by note; path, if it was there, is untouched.
+    """
+    tmp = path + '.tmp'
+    try:
+        if mode is None:
+            yield tmp
+        else:
+            with open(tmp, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: no temporary file is left behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = os_error(e)
+        if cause is None:
+            raise
+        die(write_error(path, cause, note))
 
 
 def download(url, path):
@@ -25,9 +67,8 @@ def download(url, path):
             data = r.read()
     except OSError as e:
         die(f"could not download {url} ({e}); put the file at {path} and run this again")
-    with open(path + '.tmp', 'wb') as f:
+    with written(path) as f:
         f.write(data)
-    os.replace(path + '.tmp', path)
     return path
 
 

@@ -174,13 +174,13 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def prepare_dataset(path, name, prepare_from):
-    """data/<name> in the repo copy at path: TEXT as its input.txt, prepared by data/<prepare_from>/prepare.py."""
+def prepare_dataset(path, name, prepare_from, text=TEXT):
+    """data/<name> in the repo copy at path: text as its input.txt, prepared by data/<prepare_from>/prepare.py."""
     data = os.path.join(path, 'data', name)
     os.makedirs(data)
     shutil.copy(os.path.join(REPO, 'data', prepare_from, 'prepare.py'), data)
     with open(os.path.join(data, 'input.txt'), 'w') as f:
-        f.write(TEXT)
+        f.write(text)
     run(path, os.path.join('data', name, 'prepare.py'))
 
 

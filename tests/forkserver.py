@@ -17,7 +17,6 @@ import signal
 import socket
 import struct
 import sys
-import traceback
 
 
 def send(conn, request, fds):
@@ -72,7 +71,7 @@ def run_script(request):
             print(e.code, file=sys.stderr)
             code = 1
     except BaseException:
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())  # as the interpreter reports it (a script may have set its own hook)
         code = 1
     atexit._run_exitfuncs()
     sys.stdout.flush()
@@ -123,6 +122,7 @@ def main(path):
     import torch.distributed.launcher.api  # noqa: F401  (torchrun's, which it runs as __main__)
     import torch.nn.parallel  # noqa: F401
     import tqdm  # noqa: F401
+    import peft  # noqa: F401  (LoRA runs'; it imports transformers)
     # the repository's modules are the scripts' own, each imported fresh by a child from its cwd
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert not {f[:-3] for f in os.listdir(repo) if f.endswith('.py')} & set(sys.modules)

@@ -1,5 +1,5 @@
 """
-bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs FSDP).
+bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs FSDP; full, LoRA and activation checkpointing measured).
 Run: python -m pytest tests/test_bench.py
 """
 import os
@@ -74,3 +74,17 @@ def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):
         totals[parallelism] = total
     assert totals['ddp'] == pytest.approx(16 * n / 2**20, rel=0.01)
     assert totals['fsdp'] == pytest.approx(totals['ddp'] / 2, rel=0.02)
+
+
+def test_bench_memory_rows_activation_checkpointing_holds_less(repo):
+    """
+    bench.py --mode=memory's measured rows, each in a process of its own: full finetuning, LoRA, each
+    with activation checkpointing, at a shape whose activations outweigh its weights. Recomputing
+    them in the backward pass lowers the peak by most of their size.
+    """
+    out = run(repo, 'bench.py', '--mode=memory', '--device=cpu', '--dtype=float32', '--n_layer=8', '--n_head=4',
+              '--n_embd=256', '--block_size=512', '--batch_size=8', '--num_steps=1').stdout
+    peaks = dict(re.findall(r'^(full|full \+ AC|LoRA r=8|LoRA r=8 \+ AC) +([\d.]+) ', out, re.M))
+    assert len(peaks) == 4, out
+    peaks = {k: float(v) for k, v in peaks.items()}
+    assert peaks['full + AC'] < peaks['full'] - 0.2 and peaks['LoRA r=8 + AC'] < peaks['LoRA r=8'] - 0.2, out

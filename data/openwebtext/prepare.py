@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
-from util import die, gpt2_encoding  # noqa: E402
+from util import die, gpt2_encoding, written  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 parser.add_argument('--dataset', default='Skylion007/openwebtext', help='Hugging Face Hub dataset id')
@@ -86,22 +86,23 @@ os.makedirs(args.out_dir, exist_ok=True)
 for split, dset in tokenized.items():
     arr_len = np.sum(dset['len'], dtype=np.uint64)
     filename = os.path.join(args.out_dir, f'{split}.bin')
-    tmp = filename + '.tmp'  # renamed when complete: a half-written file never looks finished
-    arr = np.memmap(tmp, dtype=np.uint16, mode='w+', shape=(arr_len,))
-    total_batches = min(1024, len(dset))
-    idx = 0
-    for batch_idx in tqdm(range(total_batches), desc=f'writing {filename}'):
-        # batch together samples for faster write
-        batch = dset.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format('numpy')
-        arr_batch = np.concatenate(batch['ids'])
-        if arr_batch.max() >= 2**16:
-            os.remove(tmp)
-            die(f"token id {arr_batch.max()} does not fit in uint16")
-        arr[idx: idx + len(arr_batch)] = arr_batch
-        idx += len(arr_batch)
-    arr.flush()
-    del arr
-    os.replace(tmp, filename)
+    with written(filename, mode=None) as tmp:  # renamed when complete: a half-written file never looks finished
+        with open(tmp, 'wb') as f:  # the disk space first: a memory map past a full disk's end faults (SIGBUS)
+            if hasattr(os, 'posix_fallocate') and arr_len:
+                os.posix_fallocate(f.fileno(), 0, int(arr_len) * 2)
+        arr = np.memmap(tmp, dtype=np.uint16, mode='r+' if arr_len else 'w+', shape=(arr_len,))
+        total_batches = min(1024, len(dset))
+        idx = 0
+        for batch_idx in tqdm(range(total_batches), desc=f'writing {filename}'):
+            # batch together samples for faster write
+            batch = dset.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format('numpy')
+            arr_batch = np.concatenate(batch['ids'])
+            if arr_batch.max() >= 2**16:
+                die(f"token id {arr_batch.max()} does not fit in uint16")
+            arr[idx: idx + len(arr_batch)] = arr_batch
+            idx += len(arr_batch)
+        arr.flush()
+        del arr
     print(f"{split}: {arr_len:,} tokens")
 
 # to read the bin files later, e.g. with numpy:

@@ -10,7 +10,7 @@ import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
-from util import gpt2_encoding, read_text  # noqa: E402
+from util import gpt2_encoding, read_text, written  # noqa: E402
 
 data = read_text('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
                  os.path.join(here, 'input.txt'))
@@ -28,5 +28,6 @@ print(f"val has {len(val_ids):,} tokens")
 print(f"tokenized {len(train_ids) + len(val_ids):,} tokens in {dt:.2f}s ({(len(train_ids) + len(val_ids)) / dt:,.0f} tokens/s)")
 
 # export to bin files
-np.array(train_ids, dtype=np.uint16).tofile(os.path.join(here, 'train.bin'))
-np.array(val_ids, dtype=np.uint16).tofile(os.path.join(here, 'val.bin'))
+for split, ids in (('train', train_ids), ('val', val_ids)):
+    with written(os.path.join(here, f'{split}.bin')) as f:  # whole or not at all
+        np.array(ids, dtype=np.uint16).tofile(f)

@@ -12,7 +12,7 @@ import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
-from util import read_text  # noqa: E402
+from util import read_text, written  # noqa: E402
 
 data = read_text('https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt',
                  os.path.join(here, 'input.txt'))
@@ -37,9 +37,10 @@ val_ids = np.array([stoi[c] for c in val_data], dtype=np.uint16)
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
 
-train_ids.tofile(os.path.join(here, 'train.bin'))
-val_ids.tofile(os.path.join(here, 'val.bin'))
-
-# the vocabulary as JSON, readable without pickle; itos[i] is the character of token i
-with open(os.path.join(here, 'meta.json'), 'w', encoding='utf-8') as f:
-    json.dump({'vocab_size': vocab_size, 'itos': chars}, f, ensure_ascii=False)
+# the vocabulary as JSON, readable without pickle; itos[i] is the character of token i (first: the
+# token files without it would read as GPT-2 BPE)
+with written(os.path.join(here, 'meta.json')) as f:
+    f.write(json.dumps({'vocab_size': vocab_size, 'itos': chars}, ensure_ascii=False).encode('utf-8'))
+for split, ids in (('train', train_ids), ('val', val_ids)):
+    with written(os.path.join(here, f'{split}.bin')) as f:  # whole or not at all
+        ids.tofile(f)
