@@ -410,11 +410,11 @@ def available_memory():
 
 
 def memory_row(model, lora, checkpointed, steps):
-    """Train model a few steps as named (peft adapters added in place for LoRA): the peak bytes held, and s/step."""
-    import lora as lora_module
+    """Train model steps times (LoRA: adapters added in place first): the peak bytes held, and seconds a step."""
     if lora:
-        lora_module.add_adapters(model, lora_module.lora_settings(lora_rank or 8, lora_alpha, lora_dropout, lora_targets),
-                                 torch.bfloat16 if dtype == 'bfloat16' else None)
+        import lora as lora_module  # (peft: imported only where it is used)
+        settings = lora_module.lora_settings(lora_rank or 8, lora_alpha, lora_dropout, lora_targets)
+        lora_module.add_adapters(model, settings, torch.bfloat16 if dtype == 'bfloat16' else None)
     model.checkpoint_activations(checkpointed)
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
@@ -434,7 +434,10 @@ def memory_row(model, lora, checkpointed, steps):
 
 
 def bench_memory():
-    config = GPTConfig(block_size=block_size, vocab_size=50304, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
+    data_dir = os.path.join('data', dataset)
+    meta = load_meta(data_dir) if os.path.isdir(data_dir) else None  # the dataset's vocabulary, as train.py has it
+    config = GPTConfig(block_size=block_size, vocab_size=meta['vocab_size'] if meta else 50304, n_layer=n_layer,
+                       n_head=n_head, n_embd=n_embd, bias=bias,
                        **{k: globals()[k] for k in MODEL_OPTIONS})
     with torch.device('meta'):
         n = sum(p.numel() for p in GPT(config).parameters())
@@ -451,15 +454,17 @@ def bench_memory():
     for row in rows:
         if row not in MEMORY_ROWS:
             die(f"memory_rows: '{row}' is none of {', '.join(MEMORY_ROWS)}")
+    if not rows:
+        return
     if not child:
         print(f"measured: {steps} training steps of batch {batch_size} x {block_size}, dtype {dtype}, on {device}; "
               f"peak {'allocated' if device.type == 'cuda' else 'anonymous memory (RssAnon)'}")
         print(f"{'finetuning':<20} {'peak GiB':>9} {'weights GiB':>12} {'over them':>10} {'s/step':>8}", flush=True)
-    if not child:
+    if len(rows) > 1:
         for row in rows:
             if not row.startswith('lora') and device.type == 'cpu' and 16 * n > 0.9 * available_memory():
-                print(f"{memory_label(row):<20} {'-':>9} {4 * n / gib:12.2f} {'-':>10} {'-':>8}  (needs {16 * n / gib:.1f} GiB "
-                      f"before activations)", flush=True)
+                print(f"{memory_label(row):<20} {'-':>9} {4 * n / gib:12.2f} {'-':>10} {'-':>8}  "
+                      f"(needs {16 * n / gib:.1f} GiB before activations)", flush=True)
                 continue
             subprocess.run([sys.executable, *sys.argv, f'--memory_rows={row}', f'--num_steps={steps}'], check=True,
                            env={**os.environ, 'BENCH_MEMORY_ROW': '1'})
@@ -482,7 +487,7 @@ def bench_memory_sharded(model):
         DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
-    x = torch.randint(50304, (batch_size, block_size), device=device)
+    x = torch.randint(model.config.vocab_size, (batch_size, block_size), device=device)
     with ctx:
         _, loss = wrapped(x, x)
     loss.backward()

@@ -1,5 +1,6 @@
 """
-bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs FSDP; full, LoRA and activation checkpointing measured).
+bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs
+FSDP; full finetuning, LoRA and activation checkpointing measured).
 Run: python -m pytest tests/test_bench.py
 """
 import os
@@ -58,7 +59,7 @@ def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):
     rank 0 after one step: FSDP2's share is half of DDP's full copy.
     """
     args = ['--mode=memory', *SMALL]
-    table = run(repo, 'bench.py', *args).stdout
+    table = run(repo, 'bench.py', *args, '--memory_rows=full').stdout
     n = int(re.search(r'^([\d,]+) parameters', table, re.M).group(1).replace(',', ''))
     ddp8, fsdp8 = map(float, re.search(r'8 processes: DDP\s+([\d.]+) GiB, FSDP\s+([\d.]+) GiB', table).groups())
     assert ddp8 == pytest.approx(16 * n / 2**30, abs=0.01) and fsdp8 == pytest.approx(ddp8 / 8, abs=0.01)
@@ -78,12 +79,14 @@ def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):
 
 def test_bench_memory_rows_activation_checkpointing_holds_less(repo):
     """
-    bench.py --mode=memory's measured rows, each in a process of its own: full finetuning, LoRA, each
-    with activation checkpointing, at a shape whose activations outweigh its weights. Recomputing
+    bench.py --mode=memory's measured rows (full finetuning, LoRA, each with activation checkpointing),
+    each in a process of its own, at a shape whose activations outweigh its weights. Recomputing
     them in the backward pass lowers the peak by most of their size.
     """
-    out = run(repo, 'bench.py', '--mode=memory', '--device=cpu', '--dtype=float32', '--n_layer=8', '--n_head=4',
-              '--n_embd=256', '--block_size=512', '--batch_size=8', '--num_steps=1').stdout
+    shape = ['--dataset=tiny_char', '--device=cpu', '--dtype=float32', '--n_layer=8', '--n_head=4', '--n_embd=256',
+             '--block_size=512', '--batch_size=8', '--num_steps=1']
+    out = ''.join(run(repo, 'bench.py', '--mode=memory', *shape, f'--memory_rows={row}').stdout
+                  for row in ('full', 'full+ac', 'lora', 'lora+ac'))
     peaks = dict(re.findall(r'^(full|full \+ AC|LoRA r=8|LoRA r=8 \+ AC) +([\d.]+) ', out, re.M))
     assert len(peaks) == 4, out
     peaks = {k: float(v) for k, v in peaks.items()}
