@@ -13,9 +13,6 @@ from peft.tuners.lora import LoraLayer
 
 from util import written
 
-DEFAULT_TARGETS = 'c_attn,c_proj,c_fc'  # every matmul in the blocks: attention's two, the MLP's two
-
-
 def lora_settings(rank, alpha, dropout, targets):
     """What a checkpoint records of a LoRA run, and what add_adapters takes."""
     return dict(rank=rank, alpha=alpha, dropout=dropout, targets=[t.strip() for t in targets.split(',') if t.strip()])
