@@ -215,8 +215,6 @@ def generation_source(tmp):
     """
     if init_from == 'scratch':
         # made in a process of its own, so that this one's memory starts clean for the rows
-        import subprocess
-        import sys
         args = dict(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
                     **{k: globals()[k] for k in MODEL_OPTIONS})
         subprocess.run([sys.executable, '-c', 'import sys, json, torch; from model import GPT, GPTConfig; '

@@ -35,13 +35,13 @@ if adapter:
     base = checkpoint['lora']['base']
     print(f"wrote {export_dir} (adapter_config.json, adapter_model.safetensors), the adapters for {base}: "
           f"PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained('{base}'), '{export_dir}')")
-    raise SystemExit(0)
-model = model_from_checkpoint(checkpoint, dropout=0.0)
-export_dir = export_dir or os.path.join(out_dir, 'hf')
-try:
-    model.save_pretrained(export_dir, vocab_size=vocab_size or None)
-except ValueError as e:
-    die(f"cannot export to {export_dir}: {e}")
-except OSError as e:
-    die(write_error(export_dir, e))
-print(f"wrote {export_dir} (config.json, model.safetensors): GPT2LMHeadModel.from_pretrained('{export_dir}')")
+else:
+    model = model_from_checkpoint(checkpoint, dropout=0.0)
+    export_dir = export_dir or os.path.join(out_dir, 'hf')
+    try:
+        model.save_pretrained(export_dir, vocab_size=vocab_size or None)
+    except ValueError as e:
+        die(f"cannot export to {export_dir}: {e}")
+    except OSError as e:
+        die(write_error(export_dir, e))
+    print(f"wrote {export_dir} (config.json, model.safetensors): GPT2LMHeadModel.from_pretrained('{export_dir}')")

@@ -13,6 +13,7 @@ from peft.tuners.lora import LoraLayer
 
 from util import written
 
+
 def lora_settings(rank, alpha, dropout, targets):
     """What a checkpoint records of a LoRA run, and what add_adapters takes."""
     return dict(rank=rank, alpha=alpha, dropout=dropout, targets=[t.strip() for t in targets.split(',') if t.strip()])
