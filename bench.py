@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from autotune import choose_cpu_route
 from dataloader import get_batch, load_meta
-from device import PeakAnonMemory, fast_cpu_matmuls, maybe_compile, return_freed_memory_at_once, rss_anon
-from device import setup_device
+from device import PeakAnonMemory, autocast, maybe_compile, return_freed_memory_at_once, rss_anon, setup_device
 from device import peak_flops as find_peak_flops
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import load_model
@@ -60,6 +61,9 @@ gradient_accumulation_steps = 1  # one micro-batch per step unless a config file
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
 profile = False  # use pytorch profiler, or just simple benchmarking?
+sdpa_backend = 'auto'  # train mode: 'auto' (PyTorch's pick), or force 'flash', 'efficient', 'cudnn' or 'math' attention
+compile_mode = 'default'  # train mode, with compile: torch.compile's mode ('max-autotune-no-cudagraphs', ...)
+float8 = False  # train mode: the Linears in float8 through torchao (convert_to_float8_training; GPUs with float8)
 mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'; 'memory'
 max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
 num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
@@ -78,6 +82,12 @@ if mode not in ('train', 'generate', 'memory'):
     die(f"mode must be 'train', 'generate' or 'memory', got '{mode}'")
 if weight_dtype not in ('all', *WEIGHT_DTYPES):
     die(f"weight_dtype must be one of all, {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}")
+SDPA_BACKENDS = {'flash': 'FLASH_ATTENTION', 'efficient': 'EFFICIENT_ATTENTION', 'cudnn': 'CUDNN_ATTENTION',
+                 'math': 'MATH'}
+if sdpa_backend not in ('auto', *SDPA_BACKENDS):
+    die(f"sdpa_backend must be auto, {', '.join(SDPA_BACKENDS)}; got {sdpa_backend!r}")
+from torch.nn.attention import SDPBackend  # noqa: E402
+SDPA_BACKENDS = {k: getattr(SDPBackend, v) for k, v in SDPA_BACKENDS.items()}
 if parallelism not in ('ddp', 'fsdp'):
     die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
 for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens', 'repeats',
@@ -88,6 +98,7 @@ if n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 torch.manual_seed(seed)
 ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
+config_dtype = dtype
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
 if device.type == 'cpu' and mode != 'generate':  # as train.py does
     return_freed_memory_at_once()
@@ -142,24 +153,39 @@ def bench_train():
     raw_model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                               n_embd=n_embd, dropout=dropout, bias=bias,
                               **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
-    onednn = fast_cpu_matmuls(raw_model, device, dtype)  # as train.py does
+    global dtype, ctx
+    route = None
+    if device.type == 'cpu':  # as train.py does: the fastest exact route at these shapes
+        route = choose_cpu_route(raw_model.config, batch_size, block_size, config_dtype,
+                                 raw_model.flops_per_token() * batch_size * block_size * (10 + num_steps), autotune)
+        route.apply(raw_model)
+        dtype, ctx = route.dtype, autocast(device, route.dtype)
     opt = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
-    model = maybe_compile(raw_model, compile, device)
+    if float8:
+        try:
+            from torchao.float8 import convert_to_float8_training
+        except ImportError:
+            die("float8=True needs torchao: pip install torchao")
+        convert_to_float8_training(raw_model, module_filter_fn=lambda m, name: name != 'lm_head')
+    model = maybe_compile(raw_model, compile, device, compile_mode)
     peak = find_peak_flops(device, dtype, peak_flops)
     peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
     if peak is None and device.type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
         peak, peak_source = measured_matmul_flops(device, dtype), f'measured: a 2048^3 {dtype} matmul'
     print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
           f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
-          f"{', float32 matmuls on oneDNN' if onednn else ''}")
+          f"{f' ({route.name})' if route else ''}")
+
+    from torch.nn.attention import sdpa_kernel
+    attention = lambda: nullcontext() if sdpa_backend == 'auto' else sdpa_kernel(SDPA_BACKENDS[sdpa_backend])
 
     def train_step(it):
         """One optimizer step: the mean loss, still on device."""
         loss_accum = torch.zeros((), device=device)
         for micro in range(gradient_accumulation_steps):
             X, Y = get(it, micro)
-            with ctx:
+            with ctx, attention():
                 logits, loss = model(X, Y)
                 loss = loss / gradient_accumulation_steps
             scaler.scale(loss).backward()
@@ -480,7 +506,7 @@ def bench_memory_sharded(model):
     """Under torchrun: one training step on this process's share (DDP: all of it; FSDP: 1/N)."""
     from torch.distributed.tensor import DTensor
     from torch.nn.parallel import DistributedDataParallel as DDP
-    start_ddp(device)
+    start_ddp(device, backend)
     wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
         DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)

@@ -1,6 +1,6 @@
 """
-The device a script runs on: its choice, the dtype and autocast, torch.compile, the CPU's fastest
-exact float32 matmul route, the peak FLOP/s that MFU is measured against, and memory meters.
+The device a script runs on: its choice, the dtype and autocast, torch.compile, the peak FLOP/s
+that MFU is measured against, and memory meters. (On CPUs, autotune.py measures the speed choices.)
 """
 
 import os
@@ -52,16 +52,14 @@ def _cpu_flags():
 
 def pick_dtype(device, dtype='auto'):
     """
-    'auto': bfloat16 on CUDA cards that have it, else float16 (with a GradScaler); on CPUs
-    bfloat16 only with AMX units (elsewhere it is emulated and slower than float32); float32
-    on MPS, where autocast is still patchy.
+    'auto': bfloat16 on CUDA cards that have it, else float16 (with a GradScaler); float32 on MPS,
+    where autocast is still patchy, and on CPUs, where training measures whether bfloat16 is faster
+    at its shapes (autotune.choose_cpu_route: it depends on the CPU and the shapes both).
     """
     kind = device.type
     if dtype == 'auto':
         if kind == 'cuda':
             return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-        if kind == 'cpu' and 'amx_bf16' in _cpu_flags():
-            return 'bfloat16'
         return 'float32'
     if dtype not in ('float32', 'bfloat16', 'float16'):
         die(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
@@ -80,45 +78,6 @@ def autocast(device, dtype):
         return nullcontext()
     ptdtype = {'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     return torch.autocast(device_type=device.type, dtype=ptdtype)
-
-
-def onednn_float32_matmuls():
-    """
-    On AMD CPUs with AVX-512, send float32 matmuls to oneDNN instead of MKL, where that is exact:
-    MKL runs only its AVX2 code on non-Intel CPUs, oneDNN uses AVX-512. PyTorch takes that route only
-    at torch.set_float32_matmul_precision('medium'), which also lets oneDNN round operands to bfloat16
-    where it has kernels for that (AMX), so a probe product keeps the route only if it comes out
-    float32-exact: the same numbers, faster. Intel CPUs stay on MKL, and a precision set by someone
-    else is left as it is. Returns whether float32 matmuls go to oneDNN.
-    """
-    if not hasattr(torch.backends.mkldnn, 'matmul'):  # torch < 2.9: no way to tell where matmuls go
-        return False
-    try:
-        untouched = torch.get_float32_matmul_precision() == 'highest'
-    except RuntimeError:  # backends set apart through the newer per-backend API
-        untouched = False
-    if (untouched and torch.backends.mkldnn.is_available() and _cpuinfo('vendor_id') == 'AuthenticAMD'
-            and 'avx512f' in _cpu_flags()):
-        a, b = torch.randn(2, 96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        torch.set_float32_matmul_precision('medium')
-        err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
-        if err > 1e-6:
-            torch.set_float32_matmul_precision('highest')
-    return torch.backends.mkldnn.matmul.fp32_precision == 'bf16'
-
-
-def fast_cpu_matmuls(model, device, dtype):
-    """
-    For training and evaluation on a CPU in float32: the oneDNN route where it is exact and faster
-    (onednn_float32_matmuls), decided once, and the model told what follows from it. On that route
-    every gemm call pays a setup cost, which the small tiles of CPU flash attention cannot hide over
-    few keys, while attention spelled out as two matmuls can; over longer sequences flash is as fast
-    and spares the (T, T) matrices. So the model spells out attention over up to 128 keys on this
-    route, and over none elsewhere. Returns whether float32 matmuls go to oneDNN.
-    """
-    onednn = device.type == 'cpu' and dtype == 'float32' and onednn_float32_matmuls()
-    model.spell_out_attention(128 if onednn else 0)
-    return onednn
 
 
 def return_freed_memory_at_once(threshold=4 * 2**20):
@@ -153,7 +112,7 @@ def setup_device(device='auto', dtype='auto', local_rank=0):
     return device, dtype, autocast(device, dtype)
 
 
-def maybe_compile(model, compile, device):
+def maybe_compile(model, compile, device, mode=None):
     """
     torch.compile the model when asked, or by default (compile=None) on CUDA, the one place it pays
     off (on CPUs compiling costs more than it saves for these models). Where it cannot work it
@@ -176,7 +135,7 @@ def maybe_compile(model, compile, device):
         pass
     print("compiling the model... (takes a ~minute)")
     try:
-        return torch.compile(model)
+        return torch.compile(model, mode=None if mode in (None, 'default') else mode)
     except Exception as e:
         print(f"warning: torch.compile failed ({type(e).__name__}); running uncompiled", file=sys.stderr)
         return model

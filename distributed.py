@@ -37,6 +37,13 @@ def start_ddp(device, backend='auto'):
                             rank=int(os.environ['RANK']), world_size=int(os.environ['WORLD_SIZE']), **gpu)
 
 
+def broadcast_object(obj):
+    """Rank 0's obj on every rank (a choice one process made for all)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shard_model(model, device, dtype):
     """
     FSDP2 (torch.distributed.fsdp.fully_shard) over the torchrun group: each transformer block, then

@@ -12,9 +12,10 @@ import os
 import time
 
 import tasks
+from autotune import choose_cpu_route
 from dataloader import get_tokenizer
-from device import exit_on_out_of_memory, fast_cpu_matmuls, setup_device
-from distributed import ddp_ranks, end_ddp, start_ddp
+from device import autocast, exit_on_out_of_memory, setup_device
+from distributed import broadcast_object, ddp_ranks, end_ddp, start_ddp
 from loading import load_model
 from quantize import weight_dtype_error
 from util import die, written
@@ -28,7 +29,8 @@ limit = 0  # evaluate only the first limit examples (0 = all)
 batch_size = 8  # lambada: passages per forward pass (hellaswag batches the 4 endings of one example)
 trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+dtype = 'auto'  # 'auto' (GPUs: bfloat16, float16 on older ones; CPUs: the faster at this model's shapes), or one
+autotune = True  # on CPUs, time the exact speed choices at this model's shapes (cached on disk); False: defaults
 weight_dtype = 'float32'  # 'bfloat16' or 'int8': what those weights (sample.py's setting) cost on the task
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
@@ -48,6 +50,7 @@ if not os.path.isfile(path):
     die(f"no {path}: download it with python data/{task}/prepare.py, or point --data_file at a local copy")
 
 ddp, rank, local_rank, world_size = ddp_ranks()
+config_dtype = dtype
 device, dtype, ctx = setup_device(device, dtype, local_rank)
 exit_on_out_of_memory("lower batch_size (lambada), or use weight_dtype=bfloat16 or int8 (fewer bytes a weight)")
 if weight_dtype_error(weight_dtype, device):
@@ -59,7 +62,12 @@ model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
 if meta is not None:
     die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
 model.to(device)
-fast_cpu_matmuls(model, device, dtype)
+if device.type == 'cpu':  # the fastest exact route for a forward at this model's shapes
+    route = choose_cpu_route(model.config, batch_size, model.config.block_size, config_dtype,
+                             model.flops_per_token() / 3 * 100 * (limit or 10_000), autotune and rank == 0)
+    route = broadcast_object(route) if ddp else route  # rank 0 measured: every rank takes its route
+    route.apply(model)
+    dtype, ctx = route.dtype, autocast(device, route.dtype)
 encode, _ = get_tokenizer(None)
 
 try:

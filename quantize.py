@@ -133,12 +133,15 @@ def int8_mm(x, weight, scales):
     return _int8_mm_public(x, weight, scales)
 
 
-def _int8_matvec(x, weight, scales, bias=None, mean=None):
+def _matvec(x, weight, scales=None, bias=None, mean=None):
     """
-    x (1, in) float32 times the int8 rows (out, in), each dot product in float32 and scaled, plus
-    bias and the mean row's product (LowPrecisionLinear's): (1, out), all of it one compiled call.
+    x (1, in) float32 times the int8 or bfloat16 rows (out, in), each dot product in float32 (int8:
+    then scaled), plus bias and the mean row's product (LowPrecisionLinear's): (1, out), all of it
+    one compiled call.
     """
-    y = (weight.to(torch.float32) * x).sum(dim=1) * scales.to(torch.float32)
+    y = (weight.to(torch.float32) * x).sum(dim=1)
+    if scales is not None:
+        y = y * scales.to(torch.float32)
     if mean is not None:
         y = y + (x[0] * mean).sum()  # the offset every logit shares
     if bias is not None:
@@ -147,11 +150,11 @@ def _int8_matvec(x, weight, scales, bias=None, mean=None):
 
 
 @functools.cache
-def int8_matvec(out_features, in_features, bias=False, mean=False):
+def matvec_kernel(out_features, in_features, bias=False, mean=False, int8=True):
     """
-    _int8_matvec compiled by Inductor for one shape of weight, with or without bias and mean (once
-    per process and shape), or None where it cannot be built (no C++ compiler): call it as
-    (x, weight, scales[, bias][, mean]). Decoding multiplies each weight matrix by one vector, and
+    _matvec compiled by Inductor for one shape of int8 (or bfloat16) weight, with or without bias and
+    mean (once per process and shape), or None where it cannot be built (no C++ compiler): call it as
+    (x, weight[, scales][, bias][, mean]). Decoding multiplies each weight matrix by one vector, and
     torch._weight_int8pack_mm reads four rows at a time there and stalls on memory, where the loop
     Inductor writes walks the rows in order and streams them (docs/sampling.md). The graph goes to
     Inductor without Dynamo (make_fx, then the private torch._inductor.compile), so a call checks no
@@ -161,23 +164,27 @@ def int8_matvec(out_features, in_features, bias=False, mean=False):
     import warnings
     from torch.fx.experimental.proxy_tensor import make_fx
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
-    extras = ['bias'] * bias + ['mean'] * mean
+    extras = ['scales'] * int8 + ['bias'] * bias + ['mean'] * mean
 
-    def matvec(x, weight, scales, *tensors):
-        return _int8_matvec(x, weight, scales, **dict(zip(extras, tensors)))
+    def matvec(x, weight, *tensors):
+        return _matvec(x, weight, **dict(zip(extras, tensors)))
     # traced with fake tensors: real ones would compute the float32 copy of the weight
-    example = [torch.empty(1, in_features), torch.empty(out_features, in_features, dtype=torch.int8),
-               torch.empty(out_features, dtype=torch.bfloat16)]
+    example = [torch.empty(1, in_features), torch.empty(out_features, in_features,
+                                                        dtype=torch.int8 if int8 else torch.bfloat16)]
+    example += [torch.empty(out_features, dtype=torch.bfloat16)] * int8
     example += [torch.empty(out_features)] * bias + [torch.empty(in_features)] * mean
     try:
         with warnings.catch_warnings():  # torch 2.13's Inductor imports a module that uses a deprecated torch.jit API
             warnings.simplefilter('ignore', DeprecationWarning)
             from torch._inductor import compile_fx  # noqa: F401
         return torch._inductor.compile(make_fx(matvec, tracing_mode='fake')(*example), example)
-    except Exception as e:
-        _warn_once(f"int8 decoding falls back to the kernel of several positions ({type(e).__name__}: "
-                   f"torch.compile could not build the decoding kernel)")
+    except Exception:  # no C++ compiler, or no Inductor: the caller says so once (_matvec_fallback)
         return None
+
+
+def _matvec_fallback():
+    _warn_once("decoding falls back to the kernel of several positions (torch.compile could not build "
+               "the decoding kernel)")
 
 
 # -----------------------------------------------------------------------------
@@ -194,30 +201,35 @@ class LowPrecisionLinear(nn.Module):
     def __init__(self, in_features, out_features, bias, weight_dtype, center=False):
         super().__init__()
         int8 = weight_dtype == 'int8'
+        self.in_features, self.out_features = in_features, out_features
         self.register_buffer('weight', torch.empty(out_features, in_features,
                                                    dtype=torch.int8 if int8 else torch.bfloat16))
         self.register_buffer('scales', torch.empty(out_features, dtype=torch.bfloat16) if int8 else None)
         self.register_buffer('mean', torch.empty(in_features) if center else None)
         self.register_buffer('bias', torch.empty(out_features) if bias else None)
         self.packed = False
+        self.decoding = 'Inductor matvec' if int8 else 'F.linear'  # one position's kernel (decoding_kernels)
 
     def pack(self, batch_size):
         """On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as PackedLinear does). Inference only."""
         if self.scales is None and self.weight.device.type == 'cpu' and onednn_packing(torch.bfloat16):
             self.weight = pack_linear_weight(self.weight, batch_size)
             self.packed = True
+            self.decoding = 'oneDNN packed'
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
-        if self.scales is not None and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
-            # decoding: one compiled call does it all (int8_matvec), built for contiguous tensors of
+        if self.decoding == 'Inductor matvec' and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
+            # decoding: one compiled call does it all (matvec_kernel), built for contiguous tensors of
             # these shapes and checking nothing, so x is made contiguous (the buffers are); longer
             # rows stream faster through the kernel of several positions
-            matvec = int8_matvec(*self.weight.shape, self.bias is not None, self.mean is not None)
+            matvec = matvec_kernel(*self.weight.shape, self.bias is not None, self.mean is not None,
+                                   self.scales is not None)
             if matvec is not None:
-                y = matvec(x2.float().contiguous(), self.weight, self.scales,
-                           *[t for t in (self.bias, self.mean) if t is not None])
+                y = matvec(x2.float().contiguous(), self.weight,
+                           *[t for t in (self.scales, self.bias, self.mean) if t is not None])
                 return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
+            _matvec_fallback()
         if self.scales is not None:
             y = int8_mm(x2.to(torch.bfloat16), self.weight, self.scales)
         elif self.packed:
@@ -272,14 +284,72 @@ def swap_in_low_precision(model, weight_dtype):
     return layers
 
 
-def for_inference(model, device, dtype, batch_size=1):
+def decoding_kernels(weight_dtype):
+    """The kernels that can multiply one position by weight_dtype rows on this CPU, the reference (PyTorch's) first."""
+    if weight_dtype == 'int8':
+        return ["PyTorch's int8 kernel", 'Inductor matvec']
+    return ['F.linear'] + ['oneDNN packed'] * onednn_packing(torch.bfloat16) + ['Inductor matvec']
+
+
+def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
+    """
+    The fastest kernel for one position (batch-1 decoding) through model's LowPrecisionLinears, raced
+    on the model's own weights (each candidate multiplies every layer by one vector, as a token does,
+    and must match PyTorch's kernel within bfloat16 rounding) and cached by machine, torch and shapes;
+    each layer is set to it. Without probe: the Inductor matvec for int8, oneDNN's packed kernel for
+    bfloat16 (the usual winners). Returns the kernel's name.
+    """
+    from autotune import machine, race, relative_error
+    layers = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    if not layers or weight_dtype not in ('int8', 'bfloat16'):
+        return None
+    candidates = decoding_kernels(weight_dtype)
+    if not all(matvec_kernel(*l.weight.shape, l.bias is not None, l.mean is not None, weight_dtype == 'int8')
+               for l in layers if l.in_features <= 4096):
+        candidates.remove('Inductor matvec')  # it cannot be built here: said only where it is the usual choice
+        if weight_dtype == 'int8':
+            _matvec_fallback()
+    packed = {}
+
+    def use(kernel):
+        for layer in layers:
+            if kernel == 'oneDNN packed' and layer not in packed:  # packed once, kept beside the plain weight
+                plain = layer.weight
+                layer.pack(1)
+                packed[layer] = (plain, layer.weight)
+            if layer in packed:
+                layer.weight = packed[layer][kernel == 'oneDNN packed']
+            layer.packed = kernel == 'oneDNN packed'
+            layer.decoding = kernel
+    xs = {n: torch.randn(1, n, generator=torch.Generator().manual_seed(n)) for n in {l.weight.size(1) for l in layers}}
+    if weight_dtype == 'bfloat16':
+        xs = {n: x.bfloat16().float() for n, x in xs.items()}  # the same inputs whatever the kernel rounds them to
+
+    def run(kernel):
+        use(kernel)
+        with torch.no_grad():
+            return [layer(xs[layer.in_features]) for layer in layers]
+
+    usual = [c for c in ('oneDNN packed', 'Inductor matvec') if c in candidates]
+    choice = usual[0] if usual else candidates[0]
+    if probe and len(candidates) > 1:
+        shapes = sorted({(*l.weight.shape, l.bias is not None, l.mean is not None) for l in layers})
+        key = f"{machine(torch.device('cpu'))} | decode {weight_dtype} {len(layers)} layers {shapes}"
+        choice = race(f"{weight_dtype} decoding kernel", key, candidates, run,
+                      lambda name, ref, got: relative_error(ref, got) <= 2e-2, log=log)
+    use(choice)
+    return choice
+
+
+def for_inference(model, device, dtype, batch_size=1, probe=True):
     """
     Make an eval-mode model faster at generating where that is known to pay: on CPUs in float32
     every Linear becomes a PackedLinear (oneDNN, weights pre-packed), with logits within ~1e-5 of
-    the plain model's, and bfloat16 LowPrecisionLinears pack the same way. The model is changed in
+    the plain model's; bfloat16 and int8 LowPrecisionLinears take the fastest kernel for a batch of
+    one (choose_decoding_kernel, with probe) or bfloat16 pack the same way. The model is changed in
     place and can only run inference afterwards; the tied lm_head gets its own packed copy of wte.
     Attention over the KV cache stays on MKL, which is faster there than oneDNN for its strided
-    slices: so sampling does not take fast_cpu_matmuls' route.
+    slices: so sampling leaves the float32 matmul route as it is.
     """
     if device.type != 'cpu' or dtype != 'float32':
         return model
@@ -289,9 +359,14 @@ def for_inference(model, device, dtype, batch_size=1):
         for name, child in module.named_children():
             if isinstance(child, nn.Linear) and float32:
                 setattr(module, name, PackedLinear(child, batch_size))
-            elif isinstance(child, LowPrecisionLinear):
+            elif isinstance(child, LowPrecisionLinear) and batch_size > 1:
                 child.pack(batch_size)
-            else:
+            elif not isinstance(child, LowPrecisionLinear):
                 pack(child)
     pack(model.eval())
+    if batch_size == 1:
+        weight_dtypes = {'int8' if m.scales is not None else 'bfloat16' for m in model.modules()
+                         if isinstance(m, LowPrecisionLinear)}
+        for weight_dtype in weight_dtypes:
+            choose_decoding_kernel(model, weight_dtype, probe)
     return model

@@ -30,9 +30,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import tasks
 from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, save_checkpoint, save_sharded_checkpoint
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
-from device import exit_on_out_of_memory, fast_cpu_matmuls, maybe_compile, peak_flops as find_peak_flops, peak_memory
+from autotune import choose_cpu_route, restore_route
+from device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
 from device import return_freed_memory_at_once, setup_device
-from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
+from distributed import broadcast_object, ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import from_pretrained, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step, update_to_weight, weights_before_step
@@ -100,7 +101,8 @@ lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
 # system
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
+dtype = 'auto'  # 'auto' (GPUs: bfloat16, float16 on older ones; CPUs: the faster at this run's shapes), or one
+autotune = True  # on CPUs, time the exact speed choices at this run's shapes (cached on disk); False: defaults
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
 parallelism = 'ddp'  # under torchrun: 'ddp' (a whole copy per process) or 'fsdp' (FSDP2: each holds 1/N)
@@ -153,7 +155,7 @@ if batch_ramp_tokens and not 0 < ramp_start <= gradient_accumulation_steps:
     die(f"batch_ramp_start ({batch_ramp_start}) must be between 1 and gradient_accumulation_steps "
         f"({gradient_accumulation_steps * ddp_world_size})")
 master_process = ddp_rank == 0  # this process will do logging, checkpointing etc.
-device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
+device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)  # on a CPU, 'auto' is measured below
 if device.type == 'cpu':  # activations freed in the backward pass go back to the OS, not to a heap that keeps them
     return_freed_memory_at_once()
 exit_on_out_of_memory(f"lower batch_size (more gradient_accumulation_steps keep the batch) or block_size, or set "
@@ -168,8 +170,6 @@ if ddp:
 micro_tokens = ddp_world_size * batch_size * block_size  # tokens of one micro-step on every process
 tokens_per_iter = gradient_accumulation_steps * micro_tokens
 if master_process:
-    sharding = f", FSDP over {ddp_world_size} process{'es' if ddp_world_size > 1 else ''}" if fsdp else ""
-    print(f"device: {device}, dtype: {dtype}{sharding}")
     print(f"tokens per iteration will be: {tokens_per_iter:,}")
     if batch_ramp_tokens:
         print(f"batch ramp: from {ramp_start * micro_tokens:,} tokens per iteration to {tokens_per_iter:,} over the "
@@ -288,6 +288,20 @@ if block_size < model.config.block_size:
     model.crop_block_size(block_size)
 elif block_size > model.config.block_size:
     die(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+# on a CPU: the fastest exact route at this run's shapes (a resume keeps its run's, for a bit-exact continuation)
+route = None
+if device.type == 'cpu':
+    route = restore_route(checkpoint.get('speed_choices'), config['dtype']) if checkpoint else None
+    if route is None:
+        run_flops = model.flops_per_token() * tokens_per_iter * max(max_iters - iter_num, 1)
+        route = choose_cpu_route(model.config, batch_size, block_size, config['dtype'], run_flops,
+                                 autotune and master_process)
+        route = broadcast_object(route) if ddp else route  # rank 0 measured: every rank takes its route
+    route.apply(model)
+    dtype, ctx = route.dtype, autocast(device, route.dtype)
+if master_process:
+    sharding = f", FSDP over {ddp_world_size} process{'es' if ddp_world_size > 1 else ''}" if fsdp else ""
+    print(f"device: {device}, dtype: {dtype}{sharding}" + (f" ({route.name})" if route else ""))
 if meta_vocab_size and model.config.vocab_size < meta_vocab_size:
     die(f"the dataset has {meta_vocab_size} tokens, the model only {model.config.vocab_size}")
 vocab_size = meta_vocab_size or model.config.vocab_size  # no token id in the data may reach it
@@ -308,7 +322,6 @@ if lora_rank:
         load_adapters(model, checkpoint['lora']['adapters'])
 model.checkpoint_activations(activation_checkpointing)
 model.to(device)
-fast_cpu_matmuls(model, device, dtype)
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M" + (
     f", of which LoRA adapters (rank {lora_rank}) train {trainable:,} ({trainable / model.get_num_params():.2%})"
@@ -427,6 +440,7 @@ while True:
                 checkpoint = dict(model=None if fsdp or lora else raw_model.state_dict(),  # FSDP, LoRA: by the save
                                   model_args=raw_model.config.model_args(), model_options=raw_model.config.model_options(),
                                   iter_num=iter_num, best_val_loss=best_val_loss, config=config,
+                                  **({'speed_choices': route.as_dict()} if route else {}),
                                   **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}),
                                   **({'lora': {**lora, 'adapters': adapter_weights(raw_model)}} if lora else {}))
                 if master_process:

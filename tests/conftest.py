@@ -22,6 +22,11 @@ _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
 if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(_cache):
     os.environ['TIKTOKEN_CACHE_DIR'] = _cache
 
+# the speed choices scripts measure (autotune.py) go to a cache of the test session's, not the user's
+if 'NANOGPT_CACHE_DIR' not in os.environ:
+    import tempfile
+    os.environ['NANOGPT_CACHE_DIR'] = tempfile.mkdtemp(prefix='nanogpt-choices-')
+
 # a small model and dataset that train in seconds on a CPU
 TINY = ['--dataset=tiny_char', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
         '--eval_iters=2', '--log_interval=1', '--device=cpu', '--dtype=float32', '--warmup_iters=2', '--lr_decay_iters=20',
@@ -195,7 +200,7 @@ def make_repo(path):
 
 @pytest.fixture
 def restore_matmul_precision():
-    """For tests that switch the process-wide float32 matmul route (device.onednn_float32_matmuls)."""
+    """For tests that switch the process-wide float32 matmul route (autotune.Route, onednn_float32_exact)."""
     import torch
     before = torch.get_float32_matmul_precision()
     yield

@@ -57,7 +57,7 @@ def without(monkeypatch):
         clear()
 
     def clear():
-        for cached in (quantize.onednn_packing, quantize._int8_mm_private_works, quantize.int8_matvec,
+        for cached in (quantize.onednn_packing, quantize._int8_mm_private_works, quantize.matvec_kernel,
                        quantize._warn_once):
             cached.cache_clear()
     yield remove

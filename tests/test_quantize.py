@@ -14,7 +14,7 @@ import torch
 from conftest import run
 from model import GPT, GPTConfig
 from loading import reduce_weights
-from quantize import LowPrecisionLinear, _int8_matvec, for_inference, int8_matvec
+from quantize import LowPrecisionLinear, _matvec, for_inference, matvec_kernel
 
 
 @pytest.mark.parametrize('weight_dtype', ['bfloat16', 'int8'])
@@ -55,14 +55,14 @@ def test_int8_decoding_kernel_is_exact_where_it_builds():
     """
     torch.manual_seed(0)
     for out_features, in_features in ((96, 64), (50257, 48), (7, 13), (64, 4096)):
-        matvec = int8_matvec(out_features, in_features)
+        matvec = matvec_kernel(out_features, in_features)
         x = torch.randn(1, in_features)
         w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
         s = torch.rand(out_features).to(torch.bfloat16)
         want = (x.double() @ w.double().t()) * s.double()
         if matvec is not None:
             assert torch.allclose(matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
-        assert torch.allclose(_int8_matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
+        assert torch.allclose(_matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
 
 
 def test_sample_with_each_weight_dtype_and_a_bad_one(trained):

@@ -1,13 +1,13 @@
 """
-The fast paths compute the same thing as the plain ones: the spelled-out attention used when
-float32 matmuls go to oneDNN equals scaled_dot_product_attention (training, and generation with
-a KV cache), and the oneDNN route is only taken where its products are float32-exact.
+The fast paths compute the same thing as the plain ones: spelled-out attention (a route autotune.py
+may choose) equals scaled_dot_product_attention (training, and generation with a KV cache), and
+training on oneDNN's float32 matmuls, where they are exact, tracks MKL's.
 Speed itself is measured by bench.py, never asserted here. Run: python -m pytest tests/test_speed.py
 """
 import pytest
 import torch
 
-import device
+import autotune
 from model import GPT, GPTConfig, KVCache
 
 
@@ -47,33 +47,13 @@ def test_spelled_out_attention_with_kv_cache():
     assert cache.pos == 12
 
 
-def test_onednn_route_only_where_exact(restore_matmul_precision):
-    torch.set_float32_matmul_precision('highest')
-    on = device.onednn_float32_matmuls()
-    assert on == (torch.backends.mkldnn.matmul.fp32_precision == 'bf16')
-    assert torch.get_float32_matmul_precision() == ('medium' if on else 'highest')  # still readable by anyone
-    if on:  # then float32 products still carry float32's precision, not bfloat16's
-        a, b = torch.randn(2, 256, 256, dtype=torch.float64)
-        err = ((a.float() @ b.float()).double() - a @ b).abs().max() / (a.abs() @ b.abs()).max()
-        assert err < 1e-6
-    # the route is AMD's, AVX-512 only, and a precision someone else chose is left alone
-    for vendor, flags, before in (('GenuineIntel', {'avx512f'}, 'highest'), ('AuthenticAMD', {'avx2'}, 'highest'),
-                                  ('AuthenticAMD', {'avx512f'}, 'high')):
-        torch.set_float32_matmul_precision(before)
-        cpuinfo = {'vendor_id': vendor, 'flags': ' '.join(flags)}
-        with pytest.MonkeyPatch.context() as m:
-            m.setattr(device, '_cpuinfo', cpuinfo.get)
-            assert device.onednn_float32_matmuls() is False
-        assert torch.get_float32_matmul_precision() == before
-
-
 def test_training_on_the_fast_path_tracks_the_plain_one(restore_matmul_precision):
     """Optimizer steps on oneDNN's matmuls (where this CPU takes that route) with spelled-out attention
     (on every CPU) give the losses of MKL's matmuls with scaled_dot_product_attention."""
     def losses(fast):
         torch.set_float32_matmul_precision('highest')
-        if fast:
-            device.onednn_float32_matmuls()
+        if fast and autotune.onednn_float32_exact():
+            torch.set_float32_matmul_precision('medium')
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
         model.spell_out_attention(32 if fast else 0)
@@ -90,13 +70,10 @@ def test_training_on_the_fast_path_tracks_the_plain_one(restore_matmul_precision
     assert losses(fast=True) == pytest.approx(losses(fast=False), abs=1e-5)
 
 
-def test_spelled_out_only_for_short_float32_attention_on_the_route(monkeypatch, restore_matmul_precision):
-    """fast_cpu_matmuls decides the route once and tells the model: up to 128 keys spelled out on it."""
+def test_a_route_spells_out_attention_over_its_keys_only(restore_matmul_precision, monkeypatch):
+    """A route with spelled-out attention (up to 128 keys) skips SDPA over short contexts, calls it over long ones."""
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=256, vocab_size=11)).eval()
-    cpu = torch.device('cpu')
-    keys = lambda: {block.attn.spelled_out_keys for block in model.transformer.h}
-    monkeypatch.setattr(device, 'onednn_float32_matmuls', lambda: True)  # as on a CPU that takes the route
-    assert device.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {128}
+    autotune.Route('float32', 'default', 128).apply(model)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
@@ -104,7 +81,4 @@ def test_spelled_out_only_for_short_float32_attention_on_the_route(monkeypatch, 
         model(torch.zeros(1, 64, dtype=torch.long))
         assert not calls  # short: spelled out
         model(torch.zeros(1, 256, dtype=torch.long))
-        assert len(calls) == 2  # long (one call per layer): flash amortises oneDNN's setup
-    assert not device.fast_cpu_matmuls(model, cpu, 'bfloat16') and keys() == {0}
-    monkeypatch.setattr(device, 'onednn_float32_matmuls', lambda: False)
-    assert not device.fast_cpu_matmuls(model, cpu, 'float32') and keys() == {0}  # MKL: flash is the fast path
+        assert len(calls) == 2  # long (one call per layer): SDPA, which spares the (T, T) matrices
