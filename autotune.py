@@ -80,6 +80,15 @@ def time_rounds(candidates, run, budget):
     return best, results
 
 
+def cached(what, key, candidates, log=print):
+    """The choice a race at key made before on this machine and torch (stated in one line), or None."""
+    entry = read_cache().get(f"{what} | {key} | torch {torch.__version__}")
+    if not (isinstance(entry, dict) and entry.get('choice') in candidates):
+        return None
+    log(f"{what}: {entry['choice']} ({entry.get('note', '')}; cached in {cache_path()})")
+    return entry['choice']
+
+
 def race(what, key, candidates, run, exact, budget=PROBE_SECONDS, timer=time_rounds, log=print):
     """
     The fastest of candidates (names, the reference first) at key (the machine and shape), from the cache
@@ -87,11 +96,9 @@ def race(what, key, candidates, run, exact, budget=PROBE_SECONDS, timer=time_rou
     result, its result) says whether it may enter, and timer(candidates, run, budget) -> ({name: seconds},
     {name: result}) measures them (tests inject timings there). States the choice in one line.
     """
-    cache_key = f"{what} | {key} | torch {torch.__version__}"
-    entry = read_cache().get(cache_key)
-    if entry and entry.get('choice') in candidates:
-        log(f"{what}: {entry['choice']} ({entry['note']}; cached in {cache_path()})")
-        return entry['choice']
+    choice = cached(what, key, candidates, log)
+    if choice is not None:
+        return choice
     seconds, results = timer(candidates, run, budget)
     reference = results[candidates[0]]
     refused = [c for c in candidates[1:] if not exact(c, reference, results[c])]
@@ -102,7 +109,8 @@ def race(what, key, candidates, run, exact, budget=PROBE_SECONDS, timer=time_rou
     if refused:
         note += f"; {', '.join(refused)} refused: not the reference's numbers"
     log(f"{what}: {choice} ({note}; measured)")
-    write_cache(cache_key, {'choice': choice, 'note': note, 'seconds': {c: round(s, 6) for c, s in seconds.items()}})
+    write_cache(f"{what} | {key} | torch {torch.__version__}",
+                {'choice': choice, 'note': note, 'seconds': {c: round(s, 6) for c, s in seconds.items()}})
     return choice
 
 
@@ -170,14 +178,18 @@ def route_candidates(dtype, block_size, onednn):
     return routes
 
 
-def probe_block(config, batch_size, block_size):
-    """One block of the run's model and an input for it: the run's width and sequence length (at most 256),
-    as many sequences of the batch as about 4 GFLOP a step allows."""
-    from model import GPT
+def probe_shape(config, batch_size, block_size):
+    """(B, T) of the probe: the run's sequence length (at most 256), as many of its sequences as about
+    4 GFLOP a step of one block allows."""
     T = min(block_size, 256)
     per_row = 72 * config.n_embd ** 2  # a block's forward and backward: 6 x its 12 C^2 weights per row
     rows = max(T, min(batch_size * block_size, int(4e9 / per_row)))
-    B = max(1, min(batch_size, rows // T))
+    return max(1, min(batch_size, rows // T)), T
+
+
+def probe_block(config, B, T):
+    """One block of the run's model (its width and options) and a (B, T) input for it."""
+    from model import GPT
     probe = GPT(replace(config, n_layer=1, vocab_size=64, block_size=T, dropout=0.0))
     x = torch.randn(B, T, config.n_embd, generator=torch.Generator().manual_seed(0))
     return probe, x
@@ -201,7 +213,14 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
         candidates = [replace(c, dtype='bfloat16') for c in candidates]
     if len(candidates) == 1:
         return candidates[0]
-    model, x = probe_block(config, batch_size, block_size)
+    B, T = probe_shape(config, batch_size, block_size)
+    key = (f"{machine(torch.device('cpu'))} | train dtype={dtype} n_embd={config.n_embd} n_head={config.n_head} "
+           f"bias={config.bias} activation={config.activation} norm={config.norm} qk_norm={config.qk_norm} {B}x{T}")
+    by_name = {c.name: c for c in candidates}
+    choice = cached('speed choices', key, list(by_name), log)
+    if choice is not None:
+        return by_name[choice]
+    model, x = probe_block(config, B, T)
     block = model.transformer.h[0]
     params = list(block.parameters())
 
@@ -233,10 +252,6 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
         log(f"speed choices: the run is too short to probe them; {candidates[0].name}")
         torch.set_float32_matmul_precision(baseline)
         return candidates[0]
-    key = (f"{machine(torch.device('cpu'))} | train n_embd={config.n_embd} n_head={config.n_head} "
-           f"bias={config.bias} activation={config.activation} norm={config.norm} qk_norm={config.qk_norm} "
-           f"{x.size(0)}x{x.size(1)}")
-    by_name = {c.name: c for c in candidates}
     chosen = race('speed choices', key, list(by_name), lambda n: run(by_name[n]),
                   lambda n, r, g: exact(by_name[n], r, g), budget - step, timer, log)
     torch.set_float32_matmul_precision(baseline)
