@@ -258,6 +258,18 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
     return by_name[chosen]
 
 
+def cpu_route(config, batch_size, block_size, dtype, run_flops, probe=True, saved=None, ddp=False):
+    """The route of a run on CPUs: its checkpoint's (saved, for a bit-exact resume), else choose_cpu_route's,
+    measured on rank 0 (probe there alone) and taken by every rank under DDP."""
+    route = restore_route(saved, dtype)
+    if route is None:
+        route = choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe)
+        if ddp:
+            from distributed import broadcast_object
+            route = broadcast_object(route)
+    return route
+
+
 def restore_route(saved, dtype):
     """A checkpoint's Route (its 'speed_choices'), which a resume keeps so that it stays bit-exact; a dtype
     forced now overrides the saved one. None if the checkpoint has none."""

@@ -3,7 +3,7 @@ A much shorter version of train.py for benchmarking: the training step alone, ti
 $ python bench.py                                          # GPT-2 124M shape, one 12 x 1024 micro-batch
 $ python bench.py config/train_shakespeare_char_cpu.py     # exactly what that config trains
 $ python bench.py --profile=True                           # where the time goes (torch profiler)
-$ python bench.py --mode=generate                          # sampling: float32, bfloat16, int8 weights, no cache, transformers
+$ python bench.py --mode=generate                          # sampling: float32, bfloat16, int8, no cache, transformers
 $ python bench.py --mode=generate --n_layer=48 --n_head=25 --n_embd=1600 --num_samples=1   # ... at GPT-2 XL's shape
 $ python bench.py --mode=memory config/train_gpt2.py       # per-process training state, DDP vs FSDP
 $ python bench.py --mode=memory --n_layer=48 --n_head=25 --n_embd=1600 --block_size=256 --batch_size=1  # GPT-2 XL's
@@ -23,6 +23,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autotune import choose_cpu_route
 from dataloader import get_batch, load_meta
@@ -56,12 +57,13 @@ def script_settings(script):
 
 
 # -----------------------------------------------------------------------------
-globals().update(script_settings('train.py'))  # train.py's settings and defaults (so its config files run), then bench's own:
+# train.py's settings and defaults (so its config files run), then bench's own:
+globals().update(script_settings('train.py'))
 gradient_accumulation_steps = 1  # one micro-batch per step unless a config file asks for more
 real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
 num_steps = 20  # timed steps, after 10 warm-up steps
 profile = False  # use pytorch profiler, or just simple benchmarking?
-sdpa_backend = 'auto'  # train mode: 'auto' (PyTorch's pick), or force 'flash', 'efficient', 'cudnn' or 'math' attention
+sdpa_backend = 'auto'  # train mode: 'auto' (PyTorch's pick), or force 'flash', 'efficient', 'cudnn' or 'math'
 compile_mode = 'default'  # train mode, with compile: torch.compile's mode ('max-autotune-no-cudagraphs', ...)
 float8 = False  # train mode: the Linears in float8 through torchao (convert_to_float8_training; GPUs with float8)
 mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'; 'memory'
@@ -70,11 +72,12 @@ num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
 weight_dtype = 'all'  # generate mode: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
 repeats = 3  # generate mode: timed runs per row, the fastest counts (a shared machine's interference only slows)
 no_cache = True  # generate mode: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
-quality_positions = 4096  # generate mode: positions (of data/<dataset>/val.bin, else random) to compare with float32; 0: none
+quality_positions = 4096  # generate mode: positions (of data/<dataset>/val.bin, else random) to compare; 0: none
 parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
 memory_rows = 'full,full+ac,lora,lora+ac'  # memory mode: the finetunings to measure (LoRA at lora_rank, else 8)
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
@@ -86,7 +89,6 @@ SDPA_BACKENDS = {'flash': 'FLASH_ATTENTION', 'efficient': 'EFFICIENT_ATTENTION',
                  'math': 'MATH'}
 if sdpa_backend not in ('auto', *SDPA_BACKENDS):
     die(f"sdpa_backend must be auto, {', '.join(SDPA_BACKENDS)}; got {sdpa_backend!r}")
-from torch.nn.attention import SDPBackend  # noqa: E402
 SDPA_BACKENDS = {k: getattr(SDPBackend, v) for k, v in SDPA_BACKENDS.items()}
 if parallelism not in ('ddp', 'fsdp'):
     die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
@@ -177,7 +179,6 @@ def bench_train():
           f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
           f"{f' ({route.name})' if route else ''}")
 
-    from torch.nn.attention import sdpa_kernel
     attention = lambda: nullcontext() if sdpa_backend == 'auto' else sdpa_kernel(SDPA_BACKENDS[sdpa_backend])
 
     def train_step(it):
@@ -244,7 +245,8 @@ def generation_source(tmp):
         args = dict(block_size=block_size, vocab_size=50257, n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias,
                     **{k: globals()[k] for k in MODEL_OPTIONS})
         subprocess.run([sys.executable, '-c', 'import sys, json, torch; from model import GPT, GPTConfig; '
-                        f'torch.manual_seed({seed}); GPT(GPTConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])',
+                        f'torch.manual_seed({seed}); '
+                        'GPT(GPTConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])',
                         json.dumps(args), tmp], check=True)
         return tmp, tmp, 'random GPT-2-shaped weights'
     if init_from == 'resume':
@@ -328,7 +330,8 @@ def measure(name, B, load, generate, bandwidth, runs):
 
 
 def quality_table(source):
-    """Each reduced model against the float32 one, teacher-forced: the loss on the next token, and how often the likeliest is the same."""
+    """Each reduced model against the float32 one, teacher-forced: the loss on the next token, and how often
+    the likeliest is the same."""
     val = os.path.join('data', dataset, 'val.bin')
     reference = None
     for wd in ('float32', *[d for d in weight_dtypes if d != 'float32']):

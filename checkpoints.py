@@ -181,7 +181,8 @@ def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False
         try:
             with warnings.catch_warnings():  # one process reading shards is what we mean (torch warns even so)
                 warnings.filterwarnings('ignore', 'torch.distributed is disabled')
-                dcp.load(state, checkpoint_id=os.path.join(out_dir, name), no_dist=not torch.distributed.is_initialized())
+                dcp.load(state, checkpoint_id=os.path.join(out_dir, name),
+                         no_dist=not torch.distributed.is_initialized())
         except Exception as e:
             die(f"cannot read {os.path.join(out_dir, name)}: {str(e).splitlines()[0][:200]}")
         set_optimizer_state_dict(model, optimizer, state['optimizer'])

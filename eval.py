@@ -12,10 +12,10 @@ import os
 import time
 
 import tasks
-from autotune import choose_cpu_route
+from autotune import cpu_route
 from dataloader import get_tokenizer
 from device import autocast, exit_on_out_of_memory, setup_device
-from distributed import broadcast_object, ddp_ranks, end_ddp, start_ddp
+from distributed import ddp_ranks, end_ddp, start_ddp
 from loading import load_model
 from quantize import weight_dtype_error
 from util import die, written
@@ -38,8 +38,10 @@ exec(open('configurator.py').read())  # overrides from command line or config fi
 
 # reference points, printed beside the results
 REFERENCE = {
-    'hellaswag': "GPT-2 124M: acc_norm 0.2955 (acc 0.2859) by this method; llm.c's 124M reproduction 29.9%; GPT-3 124M 33.7%",
-    'lambada': "GPT-2 paper (table 3): 124M acc 45.99%, ppl 35.13; 355M 55.48%, 15.60; 774M 60.12%, 10.87; 1.5B 63.24%, 8.63",
+    'hellaswag': "GPT-2 124M: acc_norm 0.2955 (acc 0.2859) by this method; llm.c's 124M reproduction 29.9%; "
+                 "GPT-3 124M 33.7%",
+    'lambada': "GPT-2 paper (table 3): 124M acc 45.99%, ppl 35.13; 355M 55.48%, 15.60; 774M 60.12%, 10.87; "
+               "1.5B 63.24%, 8.63",
 }
 if task not in tasks.DEFAULT_FILES:
     die(f"unknown task '{task}' (use hellaswag or lambada)")
@@ -63,9 +65,8 @@ if meta is not None:
     die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
 model.to(device)
 if device.type == 'cpu':  # the fastest exact route for a forward at this model's shapes
-    route = choose_cpu_route(model.config, batch_size, model.config.block_size, config_dtype,
-                             model.flops_per_token() / 3 * 100 * (limit or 10_000), autotune and rank == 0)
-    route = broadcast_object(route) if ddp else route  # rank 0 measured: every rank takes its route
+    route = cpu_route(model.config, batch_size, model.config.block_size, config_dtype,
+                      model.flops_per_token() / 3 * 100 * (limit or 10_000), autotune and rank == 0, ddp=ddp)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
 encode, _ = get_tokenizer(None)
@@ -77,7 +78,8 @@ except (ValueError, UnicodeDecodeError) as e:
 t0 = time.time()
 try:
     if task == 'hellaswag':
-        counts = tasks.evaluate_hellaswag(model, examples, encode, model.config.block_size, device, ctx, rank, world_size)
+        counts = tasks.evaluate_hellaswag(model, examples, encode, model.config.block_size, device, ctx, rank,
+                                          world_size)
     else:
         counts = tasks.evaluate_lambada(model, examples, encode, model.config.block_size, device, ctx, batch_size,
                                         rank, world_size)
@@ -86,13 +88,14 @@ except (KeyError, TypeError, ValueError) as e:
 counts = tasks.all_reduce_counts(counts, device)  # add up every process's share
 dt = time.time() - t0
 results = tasks.hellaswag_results(counts) if task == 'hellaswag' else tasks.lambada_results(counts)
-results.update(tokens_per_s=counts['tokens'] / dt, model=init_from if init_from != 'resume' else out_dir, data_file=path,
-               weight_dtype=weight_dtype)
+results.update(tokens_per_s=counts['tokens'] / dt, model=init_from if init_from != 'resume' else out_dir,
+               data_file=path, weight_dtype=weight_dtype)
 
 if rank == 0:
     metric = 'acc_norm' if task == 'hellaswag' else 'perplexity'
     print(f"{'task':<10} {'examples':>8} {'acc':>7} {metric:>10} {'tokens/s':>9}")
-    print(f"{task:<10} {results['examples']:>8} {results['acc']:>7.4f} {results[metric]:>10.4f} {results['tokens_per_s']:>9.0f}")
+    print(f"{task:<10} {results['examples']:>8} {results['acc']:>7.4f} {results[metric]:>10.4f} "
+          f"{results['tokens_per_s']:>9.0f}")
     print(f"reference: {REFERENCE[task]}")
     os.makedirs(out_dir, exist_ok=True)
     with written(os.path.join(out_dir, f'eval_{task}.json')) as f:

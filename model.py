@@ -64,7 +64,8 @@ class KVCache:
         return self.k[layer, :, :, :filled], self.v[layer, :, :, :filled]  # (B, nh, filled, hs)
 
     def key_positions(self, T, device):
-        """The positions of the keys update returns once T more are written: slot s holds the latest p = s mod max_len."""
+        """The positions of the keys update returns once T more are written: slot s holds the latest
+        p = s mod max_len."""
         last = self.pos + T - 1
         slots = torch.arange(min(last + 1, self.max_len), device=device)
         return last - (last - slots) % self.max_len
@@ -77,7 +78,8 @@ def rotate(x, cos, sin):
 
 
 def alibi_slopes(n_head):
-    """ALiBi's per-head slopes: the geometric series 2^(-8/n), 2^(-16/n), ...; for n not a power of 2, the paper's interleaving."""
+    """ALiBi's per-head slopes: the geometric series 2^(-8/n), 2^(-16/n), ...; for n not a power of 2, the
+    paper's interleaving."""
     def series(n):
         return [2 ** (-8 * (i + 1) / n) for i in range(n)]
     closest = 2 ** math.floor(math.log2(n_head))
@@ -137,8 +139,8 @@ class CausalSelfAttention(nn.Module):
             y = (att @ v.flatten(0, 1)).view(B, self.n_head, T, C // self.n_head)  # (B, nh, T, hs)
         else:
             # flash attention where the backend has it
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                               is_causal=is_causal)  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -176,7 +178,7 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
-        self.checkpointed = False  # recompute this block's activations in the backward pass (GPT.checkpoint_activations)
+        self.checkpointed = False  # recompute its activations in the backward pass (GPT.checkpoint_activations)
 
     def forward(self, x, cache=None, mask=None, rotary=None):
         if self.checkpointed and torch.is_grad_enabled():
@@ -206,8 +208,8 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout on embeddings, attention and residual branches
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    activation: str = 'gelu'  # 'gelu' (exact, nanoGPT), 'gelu_tanh' (GPT-2's own, for its weights) or 'relu2' (ReLU squared)
-    pos_encoding: str = 'learned'  # 'learned' (GPT-2's wpe), 'rotary' (queries and keys rotated) or 'alibi' (a distance penalty)
+    activation: str = 'gelu'  # 'gelu' (exact, nanoGPT), 'gelu_tanh' (GPT-2's own) or 'relu2' (ReLU squared)
+    pos_encoding: str = 'learned'  # 'learned' (GPT-2's wpe), 'rotary' (turned queries, keys) or 'alibi' (distances)
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (no parameters) before attention
     norm: str = 'layernorm'  # 'layernorm' (GPT-2) or 'rmsnorm' (no mean subtraction, no bias)
     tie_weights: bool = True  # lm_head is wte, as in GPT-2; False gives the head its own weights
@@ -313,7 +315,8 @@ class GPT(nn.Module):
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
         window, learned = self.config.block_size, self.config.pos_encoding == 'learned'
-        assert start + t <= window or not learned, f"Cannot forward sequence of length {start + t}, block size is only {window}"
+        assert start + t <= window or not learned, \
+            f"Cannot forward sequence of length {start + t}, block size is only {window}"
         pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)  # (T,)
 
         x = self.transformer.wte(idx)  # (B, T, C)
@@ -359,7 +362,8 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts use loading.py)."""
+        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts use
+        loading.py)."""
         import hf_gpt2  # Hugging Face's format alone: it imports nothing of ours
         args, weights = hf_gpt2.read_pretrained(name_or_dir, override_args)
         model, weights = cls(GPTConfig(**args)), dict(weights)
@@ -383,7 +387,8 @@ class GPT(nn.Module):
             inside = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2}
             groups = [{'params': [p for p in params if id(p) in inside], 'muon': True, 'lr': muon_lr,
                        'lr_scale': muon_lr / learning_rate},
-                      {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside], 'weight_decay': weight_decay},
+                      {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside],
+                       'weight_decay': weight_decay},
                       {'params': [p for p in params if p.dim() < 2]}]
             return MuonAdamW(groups, lr=learning_rate, betas=betas)
         optim_groups = [

@@ -211,7 +211,8 @@ class LowPrecisionLinear(nn.Module):
         self.decoding = 'Inductor matvec' if int8 else 'F.linear'  # one position's kernel (decoding_kernels)
 
     def pack(self, batch_size):
-        """On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as PackedLinear does). Inference only."""
+        """On CPUs, reorder a bfloat16 weight once into oneDNN's blocked layout (as PackedLinear does).
+        Inference only."""
         if self.scales is None and self.weight.device.type == 'cpu' and onednn_packing(torch.bfloat16):
             self.weight = pack_linear_weight(self.weight, batch_size)
             self.packed = True

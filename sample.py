@@ -53,7 +53,8 @@ if not 0.0 < top_p <= 1.0:
 ExitOnInterrupt(lambda: "while sampling")
 torch.manual_seed(seed)
 device, dtype, ctx = setup_device(device, dtype)
-exit_on_out_of_memory("lower num_samples or max_new_tokens, or use weight_dtype=bfloat16 or int8 (fewer bytes a weight)")
+exit_on_out_of_memory("lower num_samples or max_new_tokens, or use weight_dtype=bfloat16 or int8 "
+                      "(fewer bytes a weight)")
 if weight_dtype_error(weight_dtype, device):
     die(weight_dtype_error(weight_dtype, device))
 

@@ -28,12 +28,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import tasks
-from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, save_checkpoint, save_sharded_checkpoint
+from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer
+from checkpoints import save_checkpoint, save_sharded_checkpoint
 from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
-from autotune import choose_cpu_route, restore_route
+from autotune import cpu_route
 from device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
 from device import return_freed_memory_at_once, setup_device
-from distributed import broadcast_object, ddp_ranks, end_ddp, shard_model, start_ddp
+from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import from_pretrained, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step, update_to_weight, weights_before_step
@@ -109,7 +110,8 @@ parallelism = 'ddp'  # under torchrun: 'ddp' (a whole copy per process) or 'fsdp
 seed = 1337  # batches and dropout follow from (seed, iteration, rank), so resumes are exact
 peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0 looks it up (known GPUs, for dtype)
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
+config_keys = [k for k, v in globals().items()
+               if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
 config = {k: globals()[k] for k in config_keys}  # will be useful for logging
 # -----------------------------------------------------------------------------
@@ -119,11 +121,13 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_it
              'n_layer', 'n_head', 'n_embd'):
     if globals()[name] <= 0:
         die(f"{name} must be positive, got {globals()[name]}")
-for name in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit', 'batch_ramp_tokens'):
+for name in ('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit',
+             'batch_ramp_tokens'):
     if globals()[name] < 0:
         die(f"{name} must be >= 0, got {globals()[name]}")
 for name, ok, want in (('learning_rate', learning_rate > 0, 'finite and positive'),
-                       ('min_lr', min_lr >= 0, 'finite and >= 0'), ('weight_decay', weight_decay >= 0, 'finite and >= 0'),
+                       ('min_lr', min_lr >= 0, 'finite and >= 0'),
+                       ('weight_decay', weight_decay >= 0, 'finite and >= 0'),
                        ('grad_clip', grad_clip >= 0, 'finite and >= 0 (0 turns clipping off)'),
                        ('beta1', 0 <= beta1 < 1, 'in [0, 1)'), ('beta2', 0 <= beta2 < 1, 'in [0, 1)'),
                        ('dropout', 0 <= dropout < 1, 'in [0, 1)'), ('lora_dropout', 0 <= lora_dropout < 1, 'in [0, 1)'),
@@ -291,12 +295,9 @@ elif block_size > model.config.block_size:
 # on a CPU: the fastest exact route at this run's shapes (a resume keeps its run's, for a bit-exact continuation)
 route = None
 if device.type == 'cpu':
-    route = restore_route(checkpoint.get('speed_choices'), config['dtype']) if checkpoint else None
-    if route is None:
-        run_flops = model.flops_per_token() * tokens_per_iter * max(max_iters - iter_num, 1)
-        route = choose_cpu_route(model.config, batch_size, block_size, config['dtype'], run_flops,
-                                 autotune and master_process)
-        route = broadcast_object(route) if ddp else route  # rank 0 measured: every rank takes its route
+    route = cpu_route(model.config, batch_size, block_size, config['dtype'],
+                      model.flops_per_token() * tokens_per_iter * max(max_iters - iter_num, 1),
+                      autotune and master_process, checkpoint and checkpoint.get('speed_choices'), ddp)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
 if master_process:
@@ -431,14 +432,16 @@ while True:
             wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                        "lr": lr, "mfu": running_mfu * 100}, step=iter_num)
         if not math.isfinite(losses['val']):
-            die(f"val loss is {losses['val']} at iter {iter_num}; stopping (the last checkpoint in {out_dir} is untouched)")
+            die(f"val loss is {losses['val']} at iter {iter_num}; stopping "
+                f"(the last checkpoint in {out_dir} is untouched)")
         if losses['val'] < best_val_loss:
             best_iter = iter_num
         if losses['val'] < best_val_loss or always_save_checkpoint:
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > 0:
                 checkpoint = dict(model=None if fsdp or lora else raw_model.state_dict(),  # FSDP, LoRA: by the save
-                                  model_args=raw_model.config.model_args(), model_options=raw_model.config.model_options(),
+                                  model_args=raw_model.config.model_args(),
+                                  model_options=raw_model.config.model_options(),
                                   iter_num=iter_num, best_val_loss=best_val_loss, config=config,
                                   **({'speed_choices': route.as_dict()} if route else {}),
                                   **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}),
@@ -450,10 +453,11 @@ while True:
                     if fsdp:
                         save_sharded_checkpoint(out_dir, checkpoint if master_process else None, raw_model, optimizer)
                     else:  # LoRA: ckpt.pt holds the merged weights, the optimizer file the frozen ones besides
-                        save_checkpoint(out_dir, checkpoint, {'optimizer': optimizer.state_dict(),
-                                                              'scaler': scaler.state_dict() if scaler.is_enabled() else None,
-                                                              **({'lora_base': base_weights(raw_model)} if lora else {})},
-                                        (lambda path: merged(raw_model, path)) if lora else None)
+                        state = {'optimizer': optimizer.state_dict(),
+                                 'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+                                 **({'lora_base': base_weights(raw_model)} if lora else {})}
+                        merge = (lambda path: merged(raw_model, path)) if lora else None
+                        save_checkpoint(out_dir, checkpoint, state, merge)
                 checkpoint = None
     # zero-shot HellaSwag, shared across all processes
     if hellaswag_interval and iter_num % hellaswag_interval == 0:

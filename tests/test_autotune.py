@@ -38,8 +38,8 @@ def test_race_picks_the_faster_exact_candidate_and_caches_it(cache_dir):
     timer = injected({'reference': 2.0, 'close': 1.0, 'fast but wrong': 0.1})
     choice = autotune.race('kernel', 'shape 1', list(results), results.get, exact, timer=timer, log=lines.append)
     assert choice == 'close'
-    assert lines == ["kernel: close (2.00x faster than reference; fast but wrong refused: not the reference's numbers; "
-                     "measured)"]
+    assert lines == ["kernel: close (2.00x faster than reference; fast but wrong refused: not the reference's "
+                     "numbers; measured)"]
     with open(autotune.cache_path()) as f:
         cache = json.load(f)
     (key, entry), = cache.items()

@@ -82,13 +82,13 @@ run_row('python -m pytest -m cuda', tests,
 base = [PY, 'bench.py', '--dataset=none', *SHAPE, *DEVICE, *STEPS]
 compiled = [] if dry_run else ['--compile=True']
 for B in sizes:
-    run_row(f"124M train, batch {B}, compiled, SDPA auto", [*base, *compiled] + ([f'--batch_size={B}'] * (not dry_run)),
-            train_result)
+    sized = [] if dry_run else [f'--batch_size={B}']
+    run_row(f"124M train, batch {B}, compiled, SDPA auto", [*base, *compiled, *sized], train_result)
 B = sizes[len(sizes) // 2]
 batch = [f'--batch_size={B}'] if not dry_run else []
 for backend in ('flash', 'math') if dry_run else ('flash', 'efficient', 'cudnn'):  # (a CPU has two)
-    run_row(f"124M train, batch {B}, compiled, SDPA {backend}", [*base, *compiled, *batch, f'--sdpa_backend={backend}'],
-            train_result)
+    run_row(f"124M train, batch {B}, compiled, SDPA {backend}",
+            [*base, *compiled, *batch, f'--sdpa_backend={backend}'], train_result)
 run_row(f"124M train, batch {B}, uncompiled", [*base, '--compile=False', *batch], train_result)
 if not dry_run:
     run_row(f"124M train, batch {B}, compile max-autotune", [*base, *batch, '--compile=True',

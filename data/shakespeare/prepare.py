@@ -25,7 +25,8 @@ train_ids, val_ids = enc.encode_ordinary_batch([train_data, val_data], num_threa
 dt = time.time() - t0
 print(f"train has {len(train_ids):,} tokens")
 print(f"val has {len(val_ids):,} tokens")
-print(f"tokenized {len(train_ids) + len(val_ids):,} tokens in {dt:.2f}s ({(len(train_ids) + len(val_ids)) / dt:,.0f} tokens/s)")
+total = len(train_ids) + len(val_ids)
+print(f"tokenized {total:,} tokens in {dt:.2f}s ({total / dt:,.0f} tokens/s)")
 
 # export to bin files
 for split, ids in (('train', train_ids), ('val', val_ids)):
