@@ -1,7 +1,8 @@
 """
 Weights for inference (sample.py's and eval.py's weight_dtype): Linears with bfloat16 or int8
 weights, their reduction from float32 a block of rows at a time, float32 Linears pre-packed for
-oneDNN, and the kernels behind them, each private torch kernel checked once against public PyTorch.
+oneDNN, and the kernels behind them (the batch-1 one raced), each private torch kernel checked once
+against public PyTorch.
 """
 import functools
 import sys
@@ -9,6 +10,8 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from autotune import machine, race, relative_error
 
 WEIGHT_DTYPES = ('float32', 'bfloat16', 'int8')
 
@@ -207,7 +210,6 @@ class LowPrecisionLinear(nn.Module):
         self.register_buffer('scales', torch.empty(out_features, dtype=torch.bfloat16) if int8 else None)
         self.register_buffer('mean', torch.empty(in_features) if center else None)
         self.register_buffer('bias', torch.empty(out_features) if bias else None)
-        self.packed = False
         self.decoding = 'Inductor matvec' if int8 else 'F.linear'  # one position's kernel (decoding_kernels)
 
     def pack(self, batch_size):
@@ -215,8 +217,7 @@ class LowPrecisionLinear(nn.Module):
         Inference only."""
         if self.scales is None and self.weight.device.type == 'cpu' and onednn_packing(torch.bfloat16):
             self.weight = pack_linear_weight(self.weight, batch_size)
-            self.packed = True
-            self.decoding = 'oneDNN packed'
+            self.decoding = 'oneDNN packed'  # (and for several positions: the weight has its layout now)
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
@@ -233,7 +234,7 @@ class LowPrecisionLinear(nn.Module):
             _matvec_fallback()
         if self.scales is not None:
             y = int8_mm(x2.to(torch.bfloat16), self.weight, self.scales)
-        elif self.packed:
+        elif self.decoding == 'oneDNN packed':
             y = linear_packed(x2.to(torch.bfloat16), self.weight, None)
         else:
             y = F.linear(x2.to(torch.bfloat16), self.weight)
@@ -300,7 +301,6 @@ def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
     each layer is set to it. Without probe: the Inductor matvec for int8, oneDNN's packed kernel for
     bfloat16 (the usual winners). Returns the kernel's name.
     """
-    from autotune import machine, race, relative_error
     layers = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
     if not layers or weight_dtype not in ('int8', 'bfloat16'):
         return None
@@ -320,7 +320,6 @@ def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
                 packed[layer] = (plain, layer.weight)
             if layer in packed:
                 layer.weight = packed[layer][kernel == 'oneDNN packed']
-            layer.packed = kernel == 'oneDNN packed'
             layer.decoding = kernel
     xs = {n: torch.randn(1, n, generator=torch.Generator().manual_seed(n)) for n in {l.weight.size(1) for l in layers}}
     if weight_dtype == 'bfloat16':
@@ -365,9 +364,7 @@ def for_inference(model, device, dtype, batch_size=1, probe=True):
             elif not isinstance(child, LowPrecisionLinear):
                 pack(child)
     pack(model.eval())
-    if batch_size == 1:
-        weight_dtypes = {'int8' if m.scales is not None else 'bfloat16' for m in model.modules()
-                         if isinstance(m, LowPrecisionLinear)}
-        for weight_dtype in weight_dtypes:
-            choose_decoding_kernel(model, weight_dtype, probe)
+    reduced = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    if batch_size == 1 and reduced:
+        choose_decoding_kernel(model, 'int8' if reduced[0].scales is not None else 'bfloat16', probe)
     return model
