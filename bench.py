@@ -26,7 +26,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autotune import choose_cpu_route
-from dataloader import get_batch, load_meta
+from dataloader import get_batch
 from device import PeakAnonMemory, autocast, maybe_compile, return_freed_memory_at_once, rss_anon, setup_device
 from device import peak_flops as find_peak_flops
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
@@ -34,6 +34,7 @@ from loading import load_model
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step
 from quantize import WEIGHT_DTYPES, for_inference, weight_dtype_error
+from tokenizer import read_meta
 from util import die
 
 
@@ -140,11 +141,11 @@ def measured_matmul_flops(device, dtype, n=2048, repeat=5):
 
 def bench_train():
     data_dir = os.path.join('data', dataset)
-    meta = load_meta(data_dir) if os.path.isdir(data_dir) else None
-    vocab_size = meta['vocab_size'] if meta else 50304
+    meta = read_meta(data_dir)
+    vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else 50304
     train_path = os.path.join(data_dir, 'train.bin')
     if real_data and os.path.isfile(train_path):
-        train_data = np.memmap(train_path, dtype=np.uint16, mode='r')
+        train_data = np.memmap(train_path, dtype=meta['dtype'], mode='r')
         get = lambda it, micro: get_batch(train_data, batch_size, block_size, (seed, 0, it, micro), device)
         print(f"data: {train_path}")
     else:
@@ -462,8 +463,9 @@ def memory_row(model, lora, checkpointed, steps):
 
 def bench_memory():
     data_dir = os.path.join('data', dataset)
-    meta = load_meta(data_dir) if os.path.isdir(data_dir) else None  # the dataset's vocabulary, as train.py has it
-    config = GPTConfig(block_size=block_size, vocab_size=meta['vocab_size'] if meta else 50304, n_layer=n_layer,
+    meta = read_meta(data_dir)  # the dataset's vocabulary, as train.py has it
+    config = GPTConfig(block_size=block_size, vocab_size=meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else 50304,
+                       n_layer=n_layer,
                        n_head=n_head, n_embd=n_embd, bias=bias,
                        **{k: globals()[k] for k in MODEL_OPTIONS})
     with torch.device('meta'):

@@ -1,27 +1,28 @@
 """
-Data: a dataset's token files (data/<dataset>/{train,val}.bin) and the batches drawn from them,
-a character dataset's vocabulary (meta.json), and tokenizers.
+Data: a dataset's token files (data/<dataset>/{train,val}.bin) and the batches drawn from them.
 """
 
-import json
 import os
-import pickle
 
 import numpy as np
 import torch
 
-from util import die, gpt2_encoding
+from util import die
 
 
-def open_split(data_dir, split, block_size):
-    """data_dir/{split}.bin as a read-only array of uint16 token ids: a whole number of them, and enough."""
+def open_split(data_dir, split, block_size, dtype='uint16'):
+    """data_dir/{split}.bin as a read-only array of token ids of dtype (meta.json's): a whole number, and enough."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
-        die(f"no {path}: prepare the dataset first (python {os.path.join(data_dir, 'prepare.py')})")
-    size = os.path.getsize(path)
-    if size % 2:
-        die(f"{path} has an odd number of bytes ({size}): not a file of uint16 token ids (damaged or cut short?)")
-    data = np.memmap(path, dtype=np.uint16, mode='r') if size else np.zeros(0, dtype=np.uint16)
+        how = os.path.join(data_dir, 'prepare.py')
+        how = f"python {how}" if os.path.isfile(how) else \
+            f"python data/prepare.py --input=<your files> --name={os.path.basename(data_dir)}"
+        die(f"no {path}: prepare the dataset first ({how})")
+    size, item = os.path.getsize(path), np.dtype(dtype).itemsize
+    if size % item:
+        what = 'an odd number of bytes' if item == 2 else f'{size} bytes, not a multiple of {item}'
+        die(f"{path} has {what} ({size}): not a file of {dtype} token ids (damaged or cut short?)")
+    data = np.memmap(path, dtype=dtype, mode='r') if size else np.zeros(0, dtype=dtype)
     if len(data) < block_size + 1:
         die(f"{path} has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
     return data
@@ -61,53 +62,3 @@ def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     else:
         buf = buf.to(device)
     return buf[:, :-1], buf[:, 1:]  # (B, T) each
-
-
-class _NoCode(pickle.Unpickler):
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def load_meta(data_dir):
-    """
-    A character dataset's vocabulary, {'vocab_size', 'itos'} from meta.json, or None for
-    GPT-2 BPE datasets. nanoGPT's meta.pkl is read too, with an unpickler that builds only
-    plain dicts, lists and strings, so it cannot run code.
-    """
-    path = os.path.join(data_dir, 'meta.json')
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding='utf-8') as f:
-                meta = json.load(f)
-            itos = meta['itos']
-            assert meta['vocab_size'] == len(itos) and all(isinstance(c, str) for c in itos)
-        except (ValueError, KeyError, TypeError, AssertionError) as e:  # JSON and UTF-8 errors are ValueErrors
-            why = 'not valid JSON' if isinstance(e, ValueError) else "not {'vocab_size': n, 'itos': [n strings]}"
-            die(f"cannot read {path}: {why}; run python {os.path.join(data_dir, 'prepare.py')} again")
-        return meta
-    path = os.path.join(data_dir, 'meta.pkl')
-    if os.path.isfile(path):
-        try:
-            with open(path, 'rb') as f:
-                meta = _NoCode(f).load()
-            itos = meta['itos']
-            return {'vocab_size': meta['vocab_size'], 'itos': [itos[i] for i in range(len(itos))]}
-        except Exception as e:
-            die(f"cannot read {path}: {e}")
-    return None
-
-
-def get_tokenizer(meta):
-    """(encode, decode) for a character vocabulary (meta) or, with meta None, GPT-2 BPE."""
-    if meta is None:
-        enc = gpt2_encoding()
-        return (lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})), enc.decode
-    itos = meta['itos']
-    stoi = {ch: i for i, ch in enumerate(itos)}
-
-    def encode(s):
-        bad = next((c for c in s if c not in stoi), None)
-        if bad is not None:
-            die(f"the prompt has the character {bad!r}, which is not in the model's vocabulary")
-        return [stoi[c] for c in s]
-    return encode, lambda ids: ''.join(itos[i] for i in ids)

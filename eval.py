@@ -13,11 +13,11 @@ import time
 
 import tasks
 from autotune import cpu_route
-from dataloader import get_tokenizer
 from device import autocast, exit_on_out_of_memory, setup_device
 from distributed import ddp_ranks, end_ddp, start_ddp
 from loading import load_model
 from quantize import weight_dtype_error
+from tokenizer import from_meta
 from util import die, written
 
 # -----------------------------------------------------------------------------
@@ -61,15 +61,15 @@ if ddp:
     start_ddp(device)
 
 model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
-if meta is not None:
-    die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a GPT-2 BPE model")
+if meta['tokenizer'] == 'char':
+    die(f"the model was trained on characters ({meta['dataset']}); the zero-shot tasks need a BPE model")
 model.to(device)
 if device.type == 'cpu':  # the fastest exact route for a forward at this model's shapes
     route = cpu_route(model.config, batch_size, model.config.block_size, config_dtype,
                       model.flops_per_token() / 3 * 100 * (limit or 10_000), autotune and rank == 0, ddp=ddp)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
-encode, _ = get_tokenizer(None)
+encode = from_meta(meta).encode  # GPT-2's BPE, or the one the model was trained with
 
 try:
     examples = tasks.read_jsonl(path, limit)

@@ -2,16 +2,21 @@
 Export a checkpoint as a Hugging Face GPT-2 directory that transformers loads:
 $ python export.py --out_dir=out-shakespeare-char
 writes out-shakespeare-char/hf (config.json, model.safetensors); then
-GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf') gives the same logits.
-A character-level model keeps its own vocabulary (data/<dataset>/meta.json), not GPT-2's tokenizer.
+GPT2LMHeadModel.from_pretrained('out-shakespeare-char/hf') gives the same logits. A model of a dataset
+with its own tokenizer (characters, or a BPE trained by data/prepare.py) takes it along, for
+AutoTokenizer.from_pretrained('out-shakespeare-char/hf'); GPT-2's BPE is AutoTokenizer's 'gpt2'.
 A LoRA run's checkpoint holds the merged weights, exported as above; --adapter=True writes its
 adapters instead, as a peft adapter directory (out_dir/adapter) for the GPT-2 it was trained on:
 PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), 'out-shakespeare-lora/adapter').
 """
 import os
+import shutil
+import tempfile
 
+import hf_gpt2
 from checkpoints import load_checkpoint
 from loading import model_from_checkpoint
+from tokenizer import GPT2, from_meta, read_meta
 from util import die, write_error
 
 # -----------------------------------------------------------------------------
@@ -38,10 +43,25 @@ if adapter:
 else:
     model = model_from_checkpoint(checkpoint, dropout=0.0)
     export_dir = export_dir or os.path.join(out_dir, 'hf')
+    dataset = checkpoint.get('config', {}).get('dataset')
+    meta = checkpoint.get('tokenizer') or (read_meta(os.path.join('data', dataset)) if dataset else GPT2)
+    tokenizer = from_meta(meta) if meta['tokenizer'] != 'gpt2' else None  # GPT-2's: transformers has it
+    hf_tokenizer = tokenizer.hf_tokenizer() if tokenizer else None
     try:
-        model.save_pretrained(export_dir, vocab_size=vocab_size or None)
+        hf_gpt2.save_pretrained(model, export_dir, vocab_size or None, tokenizer and tokenizer.eot)
+        if hf_tokenizer is not None:  # its files written beside, then moved in: each whole or not at all
+            tmp = tempfile.mkdtemp(dir=export_dir, prefix='.tokenizer-')
+            try:
+                hf_tokenizer.save_pretrained(tmp)
+                for f in sorted(os.listdir(tmp)):
+                    os.replace(os.path.join(tmp, f), os.path.join(export_dir, f))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except ValueError as e:
         die(f"cannot export to {export_dir}: {e}")
     except OSError as e:
         die(write_error(export_dir, e))
-    print(f"wrote {export_dir} (config.json, model.safetensors): GPT2LMHeadModel.from_pretrained('{export_dir}')")
+    files = 'config.json, model.safetensors' + (', tokenizer.json' if hf_tokenizer is not None else '')
+    print(f"wrote {export_dir} ({files}): GPT2LMHeadModel.from_pretrained('{export_dir}')" +
+          (f", AutoTokenizer.from_pretrained('{export_dir}')" if hf_tokenizer is not None else
+           ", with GPT-2's tokenizer: AutoTokenizer.from_pretrained('gpt2')"))

@@ -87,11 +87,12 @@ def read_pretrained(name_or_dir, override_args=None, views=False):
     return config, weights()
 
 
-def save_pretrained(model, directory, vocab_size=None):
+def save_pretrained(model, directory, vocab_size=None, eot=None):
     """
     Write model as a Hugging Face GPT-2 directory (config.json, model.safetensors). A vocabulary
     padded for speed (50304) is cut back to GPT-2's 50257 (or to vocab_size); a model without
-    biases gets zero biases, which compute the same thing.
+    biases gets zero biases, which compute the same thing. eot is the id of <|endoftext|> (the
+    BOS and EOS token): by default GPT-2's, where the vocabulary has it.
     """
     cfg = model.config
     if cfg.activation not in ('gelu', 'gelu_tanh'):
@@ -123,7 +124,8 @@ def save_pretrained(model, directory, vocab_size=None):
               activation_function='gelu_new' if cfg.activation == 'gelu_tanh' else 'gelu',
               resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
               scale_attn_weights=True, tie_word_embeddings=True, use_cache=True)
-    eot = 50256 if vocab > 50256 else None  # GPT-2's <|endoftext|>, if the vocabulary has it
+    if eot is None:
+        eot = 50256 if vocab > 50256 else None  # GPT-2's <|endoftext|>, if the vocabulary has it
     hf.update(bos_token_id=eot, eos_token_id=eot)
     from safetensors.torch import save_file
     os.makedirs(directory, exist_ok=True)

@@ -10,9 +10,9 @@ import torch
 
 import hf_gpt2
 from checkpoints import load_checkpoint, strip_prefixes
-from dataloader import load_meta
 from model import GPT, GPTConfig
 from quantize import WEIGHT_DTYPES, reduce_tensor, swap_in_low_precision
+from tokenizer import GPT2, read_meta
 from util import die
 
 
@@ -90,22 +90,23 @@ def model_from_checkpoint(checkpoint, weight_dtype='float32', **overrides):
 
 def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
     """
-    An eval-mode model to sample or evaluate with, its Linears in weight_dtype, and the character
-    vocabulary it needs (or None for GPT-2 BPE): init_from 'resume' reads out_dir/ckpt.pt, anything
-    else is a GPT-2 name or a local Hugging Face GPT-2 directory.
+    An eval-mode model to sample or evaluate with, its Linears in weight_dtype, and its tokenizer
+    (tokenizer.read_meta's dict, with 'dataset'): init_from 'resume' reads out_dir/ckpt.pt, which
+    carries its dataset's tokenizer (an older one: data/<dataset>'s); anything else is a GPT-2 name
+    or a local Hugging Face GPT-2 directory, with GPT-2's BPE.
     """
-    meta = None
+    meta, dataset = dict(GPT2), None
     if init_from == 'resume':
         checkpoint = load_checkpoint(os.path.join(out_dir, 'ckpt.pt'), trust, mmap=True)
         model = model_from_checkpoint(checkpoint, weight_dtype, dropout=0.0)
         dataset = checkpoint.get('config', {}).get('dataset')
-        if dataset:  # a character-level model comes with its dataset's vocabulary
-            meta = load_meta(os.path.join('data', dataset))
-            if meta is not None:
-                meta['dataset'] = dataset
+        if checkpoint.get('tokenizer'):
+            meta = checkpoint['tokenizer']
+        elif dataset:
+            meta = read_meta(os.path.join('data', dataset))
     else:
         try:
             model = from_pretrained(init_from, dict(dropout=0.0), weight_dtype)
         except (ValueError, OSError) as e:
             die(str(e))
-    return model.eval(), meta
+    return model.eval(), {**meta, 'dataset': dataset}

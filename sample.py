@@ -10,11 +10,11 @@ import sys
 import torch
 from tqdm import tqdm
 
-from dataloader import get_tokenizer
 from device import exit_on_out_of_memory, maybe_compile, setup_device
 from loading import load_model
 from out_dir import ExitOnInterrupt
 from quantize import for_inference, weight_dtype_error
+from tokenizer import from_meta
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -27,7 +27,7 @@ max_new_tokens = 500  # number of tokens generated in each sample
 temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy
 top_k = 200  # retain only the top_k most likely tokens, clamp others to have 0 probability
 top_p = 1.0  # nucleus sampling: keep the likeliest tokens whose probability adds up to top_p (1.0 = all)
-stop_at_eot = True  # GPT-2 BPE: end a sample at <|endoftext|>
+stop_at_eot = True  # BPE: end a sample at <|endoftext|>
 stream = True  # print a single sample token by token as it is generated
 kv_cache = True  # False recomputes the whole context for every token, as nanoGPT does
 seed = 1337
@@ -58,21 +58,24 @@ exit_on_out_of_memory("lower num_samples or max_new_tokens, or use weight_dtype=
 if weight_dtype_error(weight_dtype, device):
     die(weight_dtype_error(weight_dtype, device))
 
-# model, and the character vocabulary of a character-level one
+# model, and the tokenizer of the data it was trained on
 model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
-vocab_size = meta['vocab_size'] if meta else model.config.vocab_size
+vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else model.config.vocab_size
 if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.to(device)
 model = for_inference(model, device, dtype, batch_size=num_samples)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
-# tokenizer: the dataset's characters, else GPT-2 BPE
-if meta is not None:
+# tokenizer: the dataset's characters, its own trained BPE, or GPT-2's
+if meta['tokenizer'] == 'char':
     print(f"Loading character vocabulary of {meta['dataset']} ({meta['vocab_size']} characters)")
+elif meta['tokenizer'] == 'bpe':
+    print(f"Loading the BPE tokenizer trained on {meta['dataset']} ({meta['vocab_size']:,} tokens)")
 else:
     print("No meta.json found, assuming GPT-2 encodings...")
-encode, decode = get_tokenizer(meta)
+tokenizer = from_meta(meta)
+encode, decode = tokenizer.encode, tokenizer.decode
 
 # encode the beginning of the prompt
 if start.startswith('FILE:'):
@@ -90,7 +93,7 @@ if not start:
     die("the prompt is empty (give --start=... some text)")
 start_ids = encode(start)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...].repeat(num_samples, 1)  # one batch
-stop_token = 50256 if meta is None and stop_at_eot else None  # GPT-2's <|endoftext|>
+stop_token = tokenizer.eot if stop_at_eot else None  # <|endoftext|> (BPE)
 controls = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop_token,
                 seeds=[seed + i for i in range(num_samples)], use_cache=kv_cache)
 

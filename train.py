@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import tasks
 from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer
 from checkpoints import save_checkpoint, save_sharded_checkpoint
-from dataloader import check_token_ids, get_batch, get_tokenizer, load_meta, open_split
+from dataloader import check_token_ids, get_batch, open_split
 from autotune import cpu_route
 from device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
 from device import return_freed_memory_at_once, setup_device
@@ -39,6 +39,7 @@ from loading import from_pretrained, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step, update_to_weight, weights_before_step
 from out_dir import ExitOnInterrupt, MetricsLog, lock_out_dir
+from tokenizer import from_meta, read_meta
 from util import die
 
 # -----------------------------------------------------------------------------
@@ -183,8 +184,9 @@ unlock_out_dir = lock_out_dir(out_dir) if master_process else None
 
 # data: memory-mapped once, batches drawn from (seed, iteration, micro-step) alone
 data_dir = os.path.join('data', dataset)
-train_data = open_split(data_dir, 'train', block_size)
-val_data = open_split(data_dir, 'val', block_size)
+meta = read_meta(data_dir)  # its tokenizer (characters, GPT-2's BPE or its own) and token dtype
+train_data = open_split(data_dir, 'train', block_size, meta['dtype'])
+val_data = open_split(data_dir, 'val', block_size, meta['dtype'])
 
 
 def train_batch(it, micro_step):
@@ -210,19 +212,18 @@ def tokens_before(it):
     return tokens + (it - i) * tokens_per_iter
 
 
-# the vocab size comes from the dataset's metadata if it has one
-meta = load_meta(data_dir)
-meta_vocab_size = meta['vocab_size'] if meta else None
+# the vocab size comes from the dataset's metadata unless it is GPT-2's (padded to 50304 below)
+meta_vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else None
 
-# zero-shot HellaSwag during training (GPT-2 BPE models only)
+# zero-shot HellaSwag during training (BPE models only)
 if hellaswag_interval:
-    if meta is not None:
-        die(f"hellaswag_interval needs a GPT-2 BPE dataset; {dataset} is character-level")
+    if meta['tokenizer'] == 'char':
+        die(f"hellaswag_interval needs a BPE dataset; {dataset} is character-level")
     hellaswag_path = tasks.default_file('hellaswag')
     if not os.path.isfile(hellaswag_path):
         die(f"no {hellaswag_path}: python data/hellaswag/prepare.py")
     hellaswag_examples = tasks.read_jsonl(hellaswag_path, hellaswag_limit)
-    encode, _ = get_tokenizer(None)
+    encode = from_meta(meta).encode
 
 # model init
 torch.manual_seed(seed)
@@ -308,6 +309,10 @@ if meta_vocab_size and model.config.vocab_size < meta_vocab_size:
 vocab_size = meta_vocab_size or model.config.vocab_size  # no token id in the data may reach it
 for split, data in (('train', train_data), ('val', val_data)):
     check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
+if init_from == 'scratch' and master_process and model.get_num_params() > 20 * len(train_data):  # nanoGPT's #97
+    print(f"warning: {model.get_num_params() / 1e6:.2f}M parameters is over 20 a training token ({len(train_data):,} "
+          f"in {dataset}): the model can learn them by heart (val loss rising as train loss falls); a smaller "
+          f"model, more dropout or more data (data/prepare.py's last line suggests a size)")
 lora = optimizer_state = None
 if lora_rank:
     from lora import add_adapters, adapter_weights, base_weights, load_adapters, lora_settings, merged, restore_base
@@ -442,7 +447,7 @@ while True:
                 checkpoint = dict(model=None if fsdp or lora else raw_model.state_dict(),  # FSDP, LoRA: by the save
                                   model_args=raw_model.config.model_args(),
                                   model_options=raw_model.config.model_options(),
-                                  iter_num=iter_num, best_val_loss=best_val_loss, config=config,
+                                  iter_num=iter_num, best_val_loss=best_val_loss, config=config, tokenizer=meta,
                                   **({'speed_choices': route.as_dict()} if route else {}),
                                   **({'wandb_run_id': wandb_run_id} if wandb_run_id else {}),
                                   **({'lora': {**lora, 'adapters': adapter_weights(raw_model)}} if lora else {}))

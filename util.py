@@ -49,7 +49,7 @@ def written(path, mode='wb', note=''):
         if os.path.exists(tmp):
             os.remove(tmp)
         cause = os_error(e)
-        if cause is None:
+        if cause is None or isinstance(e, SystemExit):  # an exit said why already
             raise
         die(write_error(path, cause, note))
 

@@ -190,10 +190,12 @@ def prepare_dataset(path, name, prepare_from, text=TEXT):
 
 
 def make_repo(path):
-    """A copy of the scripts and configs in path, with data/tiny_char prepared (characters) from TEXT."""
+    """A copy of the scripts, configs and data/prepare.py in path, with data/tiny_char prepared (characters) from TEXT."""
     for f in SCRIPTS:
         shutil.copy(os.path.join(REPO, f), path)
     shutil.copytree(os.path.join(REPO, 'config'), os.path.join(path, 'config'))
+    os.makedirs(os.path.join(path, 'data'))
+    shutil.copy(os.path.join(REPO, 'data', 'prepare.py'), os.path.join(path, 'data'))  # for your own data
     prepare_dataset(path, 'tiny_char', 'shakespeare_char')
     return str(path)
 

@@ -150,5 +150,19 @@ def test_full_disk_while_preparing_data_leaves_no_partial_file(trained_copy, sma
     shutil.copy(os.path.join(trained_copy, 'data', 'tiny_char', 'input.txt'), disk)
     fill(disk)
     p = run(trained_copy, os.path.join('data', 'small', 'prepare.py'), check=False)
-    one_line_error(p, f'no space left on device writing {data}/meta.json')
+    one_line_error(p, f'no space left on device writing {data}/tokens.tmp; no dataset was written')
     assert sorted(os.listdir(disk)) == ['filler', 'input.txt', 'prepare.py']
+
+
+def test_full_disk_while_preparing_your_own_data_keeps_the_dataset_there(repo, small_disk):
+    """Room for data/prepare.py's temporary tokens, not for the splits too: the dataset before is untouched."""
+    data = small_disk(300 * 1024, at=os.path.join(repo, 'data', 'mine'))
+    for name, size in (('small', 1000), ('large', 100_000)):
+        os.makedirs(os.path.join(repo, name))
+        with open(os.path.join(repo, name, 'a.txt'), 'w') as f:
+            f.write(('speak, speak.\n' * size)[:size])
+    run(repo, 'data/prepare.py', '--input=small', '--name=mine', '--tokenizer=char')
+    before = {f: digest(os.path.join(data, f)) for f in os.listdir(data)}
+    p = run(repo, 'data/prepare.py', '--input=large', '--name=mine', '--tokenizer=char', check=False)
+    one_line_error(p, f'no space left on device writing {data}/train.bin')
+    assert {f: digest(os.path.join(data, f)) for f in os.listdir(data)} == before and not leftovers(data)

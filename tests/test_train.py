@@ -113,7 +113,7 @@ def test_nanogpt_checkpoint_with_orig_mod_prefix(trained):
 def test_missing_dataset_names_prepare(repo):
     p = run(repo, 'train.py', '--dataset=nope', '--device=cpu', check=False)
     assert p.returncode == 1 and 'Traceback' not in p.stderr
-    assert 'python data/nope/prepare.py' in p.stderr.strip()
+    assert 'prepare the dataset first (python data/prepare.py --input=<your files> --name=nope)' in p.stderr.strip()
 
 
 def test_wandb_offline_logs_and_resumes_same_run(repo):
