@@ -142,7 +142,7 @@ class Route:
         """Take this route for model: the process's float32 matmuls, and how model spells attention."""
         if self.matmuls == 'onednn':  # (the default route leaves the precision as it is)
             torch.set_float32_matmul_precision('medium')
-        model.spell_out_attention(self.spelled_out_keys)
+        model.config.spelled_out_keys = self.spelled_out_keys
 
 
 def onednn_float32_exact():
@@ -234,7 +234,7 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
             p.grad = None
         xr = x.detach().requires_grad_()
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=route.dtype == 'bfloat16'):
-            y = block(xr)
+            y = block(xr, spelled_out_keys=model.config.spelled_out_keys)
         y.float().square().mean().backward()
         return [y.detach(), xr.grad] + [p.grad for p in params]
 

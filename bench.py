@@ -30,6 +30,7 @@ from dataloader import get_batch
 from device import PeakAnonMemory, autocast, maybe_compile, return_freed_memory_at_once, rss_anon, setup_device
 from device import peak_flops as find_peak_flops
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
+from generate import generate_stream
 from loading import load_model
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step
@@ -285,7 +286,7 @@ def generate_ours(model, x, n, use_cache):
     """(tokens/s, seconds to the first token) of our generate_stream."""
     t0 = time.perf_counter()
     first = None
-    for _ in model.generate_stream(x, n, use_cache=use_cache):
+    for _ in generate_stream(model, x, n, use_cache=use_cache):
         if first is None:
             sync()
             first = time.perf_counter() - t0
@@ -443,7 +444,7 @@ def memory_row(model, lora, checkpointed, steps):
         import lora as lora_module  # (peft: imported only where it is used)
         settings = lora_module.lora_settings(lora_rank or 8, lora_alpha, lora_dropout, lora_targets)
         lora_module.add_adapters(model, settings, torch.bfloat16 if dtype == 'bfloat16' else None)
-    model.checkpoint_activations(checkpointed)
+    model.config.activation_checkpointing = checkpointed
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
     x = torch.randint(model.config.vocab_size, (batch_size, block_size), device=device)

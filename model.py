@@ -1,28 +1,8 @@
 """
-Full definition of a GPT language model, all of it in this single file.
-
-References:
-1) the official GPT-2 TensorFlow implementation released by OpenAI:
-   https://github.com/openai/gpt-2/blob/master/src/model.py
-2) Hugging Face transformers' PyTorch implementation:
-   https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
-3) nanoGPT, whose model this is, parameter name for parameter name:
-   https://github.com/karpathy/nanoGPT/blob/master/model.py
-4) the options below, from the GPT-2 speedruns (modded-nanogpt) and nanochat: rotary
-   positions (Su et al. 2021, https://arxiv.org/abs/2104.09864), ALiBi (Press et al. 2021,
-   https://arxiv.org/abs/2108.12409), QK-norm, ReLU^2, RMSNorm, an untied head, zero-initialised
-   output projections and a tanh logit soft-cap
-
-Where this model differs from GPT-2 (each is a GPTConfig switch):
-- bias=False drops the biases of every Linear and LayerNorm (GPT-2 has them).
-- activation='gelu' (the default, as in nanoGPT) is the exact erf GELU; GPT-2 itself
-  uses the tanh approximation ('gelu_tanh', Hugging Face's "gelu_new"). Models loaded
-  from GPT-2 weights use 'gelu_tanh', so their logits equal Hugging Face's.
-- vocab_size may be padded (50304 instead of 50257) for faster matmuls.
-- The options of reference 4, each off by default (GPTConfig says what each does). With rotary
-  or ALiBi positions there is no wpe, and a sequence may be longer than block_size: each token
-  then attends to the last block_size tokens, itself included (a sliding window), which is what
-  lets the KV cache keep generating past block_size without recomputing anything.
+Full definition of a GPT language model, all of it in this single file: nanoGPT's, parameter name for
+parameter name (GPT-2's architecture), with the GPT-2 speedruns' options as GPTConfig switches, each off
+by default; with rotary or ALiBi positions a token sees the last block_size tokens (a sliding window).
+Generation (the KV cache and the sampling loop) is in generate.py.
 """
 
 import math
@@ -33,42 +13,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-
-class KVCache:
-    """
-    The keys and values of every layer for the positions seen so far, so that generation feeds
-    the model one new token per step instead of the whole context again. GPT.generate makes one
-    and passes it down through GPT.forward -> Block -> CausalSelfAttention; pos counts the
-    positions filled (GPT.forward moves it on). Buffers are allocated at the first write, with
-    the device and dtype of the keys (so autocast works), for max_len positions. Past max_len
-    (rotary and ALiBi only) it is a ring: position p lives in slot p % max_len, overwriting the
-    key that just left the window; attention does not care about the order of its keys, and
-    key_positions says where each slot's key came from. A write that wraps must be one token.
-    """
-
-    def __init__(self, n_layer, max_len):
-        self.n_layer, self.max_len = n_layer, max_len
-        self.k = self.v = None  # (n_layer, B, nh, max_len, hs)
-        self.pos = 0
-
-    def update(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys and values held."""
-        B, nh, T, hs = k.shape
-        if self.k is None:
-            self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)  # only filled positions are read
-            self.v = v.new_empty(self.n_layer, B, nh, self.max_len, hs)
-        assert T == 1 or self.pos + T <= self.max_len, "only single tokens wrap around the window"
-        slot, filled = self.pos % self.max_len, min(self.pos + T, self.max_len)
-        self.k[layer, :, :, slot:slot + T] = k
-        self.v[layer, :, :, slot:slot + T] = v
-        return self.k[layer, :, :, :filled], self.v[layer, :, :, :filled]  # (B, nh, filled, hs)
-
-    def key_positions(self, T, device):
-        """The positions of the keys update returns once T more are written: slot s holds the latest
-        p = s mod max_len."""
-        last = self.pos + T - 1
-        slots = torch.arange(min(last + 1, self.max_len), device=device)
-        return last - (last - slots) % self.max_len
+from generate import generate
 
 
 def rotate(x, cos, sin):
@@ -99,14 +44,14 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.layer_idx = layer_idx  # which of the cache's layers is ours
-        self.spelled_out_keys = 0  # attention over up to this many keys skips SDPA (GPT.spell_out_attention)
         self.qk_norm = config.qk_norm
 
-    def forward(self, x, cache=None, mask=None, rotary=None):
+    def forward(self, x, cache=None, mask=None, rotary=None, spelled_out_keys=0):
         """
         mask: the (T, keys) boolean or (nh, T, keys) additive mask GPT.forward made, or None: causal
         among these T tokens, or, for one new token after the cache's, every key the cache holds.
         rotary: (cos, sin) of the queries' positions, or None.
+        spelled_out_keys: attention over up to this many keys is two matmuls instead of SDPA.
         """
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -122,7 +67,7 @@ class CausalSelfAttention(nn.Module):
         is_causal = mask is None and k.size(2) == T  # (is_causal would align a longer triangle wrongly)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)  # an additive mask in the autocast dtype, as SDPA wants
-        if k.size(2) <= self.spelled_out_keys:
+        if k.size(2) <= spelled_out_keys:
             # attention spelled out: softmax(q k^T / sqrt(hs) + mask) v, the mask (0 or -inf) added by the matmul
             S = k.size(2)
             if is_causal:
@@ -178,16 +123,16 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = norm(config)
         self.mlp = MLP(config)
-        self.checkpointed = False  # recompute its activations in the backward pass (GPT.checkpoint_activations)
 
-    def forward(self, x, cache=None, mask=None, rotary=None):
-        if self.checkpointed and torch.is_grad_enabled():
-            # non-reentrant: the recompute replays the forward's RNG state, so dropout draws the same masks
-            return checkpoint(self.sublayers, x, cache, mask, rotary, use_reentrant=False)
-        return self.sublayers(x, cache, mask, rotary)
+    def forward(self, x, cache=None, mask=None, rotary=None, spelled_out_keys=0, checkpointed=False):
+        if checkpointed and torch.is_grad_enabled():
+            # only x is kept for the backward pass, which recomputes the rest; non-reentrant: the recompute
+            # replays the forward's RNG state, so dropout draws the same masks
+            return checkpoint(self.sublayers, x, cache, mask, rotary, spelled_out_keys, use_reentrant=False)
+        return self.sublayers(x, cache, mask, rotary, spelled_out_keys)
 
-    def sublayers(self, x, cache=None, mask=None, rotary=None):
-        x = x + self.attn(self.ln_1(x), cache, mask, rotary)
+    def sublayers(self, x, cache, mask, rotary, spelled_out_keys):
+        x = x + self.attn(self.ln_1(x), cache, mask, rotary, spelled_out_keys)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -215,6 +160,9 @@ class GPTConfig:
     tie_weights: bool = True  # lm_head is wte, as in GPT-2; False gives the head its own weights
     zero_init_proj: bool = False  # start every projection into the residual stream (and an untied head) at zero
     logit_softcap: float = 0.0  # squash the logits into (-cap, cap) with cap * tanh(logits / cap); 0 = off
+    # how it runs, not what it computes (never in a checkpoint's model_args or model_options):
+    spelled_out_keys: int = 0  # attention over up to this many keys as two matmuls, not SDPA (autotune.py picks)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass: less memory
 
     def model_args(self):
         """The nanoGPT-compatible part of the config (see MODEL_ARGS)."""
@@ -270,23 +218,6 @@ class GPT(nn.Module):
         if config.zero_init_proj and not config.tie_weights:
             torch.nn.init.zeros_(self.lm_head.weight)
 
-    def spell_out_attention(self, max_keys):
-        """
-        Compute attention over up to max_keys keys as two plain matmuls instead of calling
-        scaled_dot_product_attention (0: never). The same numbers; which is faster depends on the
-        device's matmul library, so the caller decides (device.fast_cpu_matmuls).
-        """
-        for block in self.transformer.h:
-            block.attn.spelled_out_keys = max_keys
-
-    def checkpoint_activations(self, on=True):
-        """
-        Keep only each block's input for the backward pass and recompute the rest there (torch.utils.checkpoint,
-        per block as torchtitan's full AC): activation memory of one block instead of all, for one more forward.
-        """
-        for block in self.transformer.h:
-            block.checkpointed = on
-
     def get_num_params(self, non_embedding=True):
         """
         Number of parameters. The non-embedding count (default) leaves out the position
@@ -337,7 +268,7 @@ class GPT(nn.Module):
             angles = pos[:, None].float() * self.inv_freq[None, :]  # (T, hs/2)
             rotary = angles.cos(), angles.sin()
         for block in self.transformer.h:
-            x = block(x, cache, mask, rotary)
+            x = block(x, cache, mask, rotary, self.config.spelled_out_keys, self.config.activation_checkpointing)
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.pos += t
@@ -377,9 +308,9 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02):
         """
-        AdamW with weight decay on the matmul and embedding weights only (2D tensors). optimizer='muon':
-        Muon (muon.py) at muon_lr for the matrices inside the blocks, AdamW for the rest; each group's
-        'lr_scale' is its learning rate over learning_rate, for the schedule to keep.
+        AdamW with weight decay on the matmul and embedding weights only (2D tensors). optimizer='muon': Muon
+        (muon.py, no weight decay) at muon_lr for the matrices inside the blocks, AdamW for the rest; each
+        group's 'lr_scale' is its learning rate over learning_rate, for the schedule to keep.
         """
         params = [p for p in self.parameters() if p.requires_grad]
         if optimizer == 'muon':
@@ -415,79 +346,6 @@ class GPT(nn.Module):
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak_flops
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                 seeds=None, use_cache=True):
-        """
-        Take a conditioning sequence of indices idx (LongTensor of shape (B, T)) and complete
-        the sequence max_new_tokens times, feeding the predictions back into the model each
-        time. Most likely you'll want to make sure to be in model.eval() mode for this.
-        Returns (B, T + new tokens); see generate_stream for the controls.
-        """
-        return torch.cat([idx, *self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, stop_token,
-                                                     seeds, use_cache)], dim=1)
-
-    @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                        seeds=None, use_cache=True):
-        """
-        Yield the next token of each sequence, (B, 1), max_new_tokens times, or until every
-        sequence has produced stop_token. temperature 0 is greedy; top_k keeps the k likeliest
-        tokens, top_p the smallest set whose probability reaches p. seeds (one per sequence)
-        give each row its own random generator, so a batch draws what the rows would one by one.
-        With use_cache, the prompt is run once into a KVCache and each step feeds one token.
-        Once the context outgrows block_size, with learned positions the model conditions on the
-        last block_size tokens, exactly as without the cache: every step is then a full recompute.
-        With rotary or ALiBi positions each token sees the last block_size tokens (GPT.forward's
-        window): the cache keeps going, one token per step, and without it the whole sequence is
-        recomputed with that window, to the same logits.
-        """
-        block_size = self.config.block_size
-        windowed = self.config.pos_encoding != 'learned'
-        cache = KVCache(self.config.n_layer, block_size) if use_cache else None
-        generators = None
-        if seeds is not None:
-            generators = [torch.Generator(idx.device).manual_seed(s) for s in seeds]
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        if cache is not None and windowed:
-            # a prompt longer than the window: as much as fits at once, then one token at a time
-            # (a write past the window's end must be a single token); its last token is the loop's
-            while idx.size(1) - cache.pos > 1 and idx.size(1) > block_size:
-                n = min(max(block_size - cache.pos, 1), idx.size(1) - cache.pos - 1)
-                self(idx[:, cache.pos:cache.pos + n], cache=cache)
-        for _ in range(max_new_tokens):
-            if cache is not None and (windowed or idx.size(1) <= block_size):
-                logits, _ = self(idx[:, cache.pos:], cache=cache)  # the prompt once, then one token per step
-            else:
-                logits, _ = self(idx if windowed else idx[:, -block_size:])  # recompute the (cropped) context
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generators)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            yield idx_next
-            if stop_token is not None:
-                done |= idx_next[:, 0] == stop_token
-                if done.all():
-                    return
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generators=None):
-    """(B, vocab) logits -> (B, 1) sampled token ids; temperature 0 means greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('Inf')
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        # drop a token once the tokens before it already reach top_p (the likeliest always stays)
-        sorted_logits[probs.cumsum(dim=-1) - probs >= top_p] = -float('Inf')
-        logits = logits.scatter(1, order, sorted_logits)
-    # inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per vocabulary entry)
-    cdf = F.softmax(logits, dim=-1).cumsum(dim=-1)  # (B, vocab)
-    if generators is None:
-        u = torch.rand(logits.size(0), 1, device=logits.device)
-    else:
-        u = torch.cat([torch.rand(1, 1, device=logits.device, generator=g) for g in generators])
-    # right=True: the first entry whose cdf exceeds u * total, never a token of probability 0
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.size(-1) - 1)  # (B, 1)
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **controls):
+        """nanoGPT's: idx (B, T) completed by max_new_tokens tokens, (B, T + new); generate.py has the controls."""
+        return generate(self, idx, max_new_tokens, temperature, top_k, **controls)

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from device import exit_on_out_of_memory, maybe_compile, setup_device
+from generate import generate_stream
 from loading import load_model
 from out_dir import ExitOnInterrupt
 from quantize import for_inference, weight_dtype_error
@@ -103,7 +104,7 @@ with torch.no_grad():
         if stream and num_samples == 1:
             print(start, end='', flush=True)
             pending = []  # a BPE token can end inside a UTF-8 character: print whole characters only
-            for token in model.generate_stream(x, max_new_tokens, **controls):
+            for token in generate_stream(model, x, max_new_tokens, **controls):
                 if token.item() == stop_token:
                     break
                 pending.append(token.item())
@@ -115,7 +116,7 @@ with torch.no_grad():
             print('---------------')
         else:
             # the whole batch at once, its progress on stderr so that stdout holds only the samples
-            steps = tqdm(model.generate_stream(x, max_new_tokens, **controls), total=max_new_tokens,
+            steps = tqdm(generate_stream(model, x, max_new_tokens, **controls), total=max_new_tokens,
                          desc=f"sampling {num_samples} x {max_new_tokens} tokens", unit='tok', file=sys.stderr)
             y = torch.cat([x, *steps], dim=1)
             for row in y.tolist():

@@ -326,7 +326,7 @@ if lora_rank:
         optimizer_state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint, mmap=True)
         restore_base(model, optimizer_state.pop('lora_base'))
         load_adapters(model, checkpoint['lora']['adapters'])
-model.checkpoint_activations(activation_checkpointing)
+model.config.activation_checkpointing = activation_checkpointing
 model.to(device)
 trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 print(f"number of parameters: {model.get_num_params() / 1e6:.2f}M" + (

@@ -13,7 +13,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from quantize import for_inference
 from conftest import run
-from model import GPT, GPTConfig, KVCache
+from generate import KVCache, sample_next
+from model import GPT, GPTConfig
 
 
 @pytest.fixture
@@ -80,7 +81,6 @@ def test_sampling_controls_are_seeded_and_bounded(model):
 
 
 def test_top_p_keeps_the_nucleus():
-    from model import sample_next
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     draws = torch.cat([sample_next(logits, top_p=0.7, generators=[torch.Generator().manual_seed(s)]) for s in range(300)])
     assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 are cut

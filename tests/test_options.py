@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import TINY, iter_losses, one_line_error, run
-from model import GPT, GPTConfig, KVCache, alibi_slopes, rotate
+from generate import KVCache
+from model import GPT, GPTConfig, alibi_slopes, rotate
 from muon import MuonAdamW, orthogonalize
 
 OPTIONS = [dict(pos_encoding='rotary'), dict(pos_encoding='alibi'), dict(qk_norm=True), dict(activation='relu2'),
@@ -36,6 +37,12 @@ def test_each_option_trains(options, optimizer):
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses
+    # the option took effect: the same weights in a GPT-2 model compute another loss
+    plain = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=29))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()}, strict=False)
+    assert abs(plain(x[:, :-1], x[:, 1:])[1].item() - model(x[:, :-1], x[:, 1:])[1].item()) > 1e-3
+    block_matrix = model.transformer.h[0].attn.c_attn.weight
+    assert ('momentum_buffer' in opt.state[block_matrix]) == (optimizer == 'muon')
     if options.get('zero_init_proj'):
         assert GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=5, **options)).lm_head.weight.abs().sum() == 0
 
@@ -87,7 +94,7 @@ def test_cached_and_uncached_generation_agree(pos_encoding, spelled_out):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=3, n_embd=48, block_size=16, vocab_size=37, pos_encoding=pos_encoding,
                           qk_norm=pos_encoding == 'rotary')).eval()
-    model.spell_out_attention(spelled_out)
+    model.config.spelled_out_keys = spelled_out
     for prompt in (5, 40):
         idx = torch.randint(37, (2, prompt))
         assert torch.equal(model.generate(idx, 30, temperature=0), model.generate(idx, 30, temperature=0, use_cache=False))
@@ -112,6 +119,18 @@ def test_muon_update_is_orthogonal():
     step = (before - w.detach()) / (0.1 * 2 ** 0.5)  # lr scaled by sqrt(rows / cols)
     assert torch.allclose(step, orthogonalize(w.grad, torch.float32), atol=1e-6)
     assert opt.state[w]['momentum_buffer'].shape == w.shape
+
+
+def test_muon_matrices_take_no_weight_decay_and_adamws_do():
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=5, block_size=4))
+    opt = model.configure_optimizers(0.5, 0.1, (0.9, 0.95), 'muon', muon_lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only weight decay could move a weight
+    opt.step()
+    after = dict(model.named_parameters())
+    assert torch.equal(after['transformer.h.0.attn.c_attn.weight'], before['transformer.h.0.attn.c_attn.weight'])
+    assert torch.allclose(after['transformer.wte.weight'], before['transformer.wte.weight'] * (1 - 0.1 * 0.5))
 
 
 def test_options_resume_exactly_sample_and_refuse_export(repo):

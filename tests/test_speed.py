@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import autotune
-from model import GPT, GPTConfig, KVCache
+from generate import KVCache
+from model import GPT, GPTConfig
 
 
 def _loss_and_grads(model, x, y):
@@ -22,9 +23,9 @@ def test_spelled_out_attention_equals_sdpa():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=23))
     x, y = torch.randint(0, 23, (2, 3, 16))
-    model.spell_out_attention(0)
+    model.config.spelled_out_keys = 0
     loss_sdpa, grads_sdpa = _loss_and_grads(model, x, y)
-    model.spell_out_attention(16)
+    model.config.spelled_out_keys = 16
     loss_ours, grads_ours = _loss_and_grads(model, x, y)
     assert loss_ours == pytest.approx(loss_sdpa, abs=1e-6)
     for n in grads_sdpa:
@@ -38,7 +39,7 @@ def test_spelled_out_attention_with_kv_cache():
     x = torch.randint(0, 23, (2, 12))
     with torch.no_grad():
         full, _ = model(x, x)  # logits at every position, no cache: SDPA
-    model.spell_out_attention(16)
+    model.config.spelled_out_keys = 16
     cache = KVCache(n_layer=2, max_len=16)
     with torch.no_grad():
         for start, end in ((0, 5), (5, 8), (8, 9), (9, 10), (10, 12)):
@@ -56,7 +57,7 @@ def test_training_on_the_fast_path_tracks_the_plain_one(restore_matmul_precision
             torch.set_float32_matmul_precision('medium')
         torch.manual_seed(0)
         model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50))
-        model.spell_out_attention(32 if fast else 0)
+        model.config.spelled_out_keys = 32 if fast else 0
         opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
         out = []
         for x, y in torch.randint(0, 50, (6, 2, 8, 32)):
