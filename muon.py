@@ -9,7 +9,8 @@ takes 2-D parameters only: this is one optimizer with two kinds of parameter gro
 'muon' flag), so train.py's learning-rate schedule, checkpoints (state_dict, DCP under FSDP), resume
 and gradient scaling treat it like AdamW. Its Muon update is torch.optim.Muon's: Nesterov momentum
 0.95, five quintic Newton-Schulz steps with the same coefficients, the learning rate scaled by
-sqrt(max(1, rows / cols)) and decoupled weight decay; the state is torch's too ('momentum_buffer').
+sqrt(max(1, rows / cols)); the state is torch's too ('momentum_buffer'). Muon's matrices take no weight
+decay, as in the GPT-2 speedruns: weight_decay applies to AdamW's groups only.
 """
 
 import torch
@@ -37,7 +38,7 @@ def orthogonalize(G, dtype, steps=5, eps=1e-7):
 
 class MuonAdamW(torch.optim.Optimizer):
     """
-    Parameter groups with muon=True get Muon (lr, momentum, weight_decay); the others AdamW
+    Parameter groups with muon=True get Muon (lr, momentum); the others AdamW
     (lr, betas, eps, weight_decay), through a torch.optim.AdamW that updates this optimizer's
     groups and state (so the state and its checkpoints are one optimizer's). The Newton-Schulz iteration runs
     in bfloat16 where the parameters' device has fast bfloat16 matmuls (CUDA GPUs, as torch.optim.Muon),
@@ -66,7 +67,7 @@ class MuonAdamW(torch.optim.Optimizer):
         return None
 
     def _muon(self, group):
-        lr, wd, momentum = group['lr'], group['weight_decay'], group['momentum']
+        lr, momentum = group['lr'], group['momentum']
         updates = {}  # matrices of one shape are orthogonalized together: a few batched matmuls, not many small ones
         for p in group['params']:
             if p.grad is None:
@@ -86,5 +87,4 @@ class MuonAdamW(torch.optim.Optimizer):
             for (p, _), o in zip(pairs, ortho):
                 if hasattr(p, 'device_mesh'):  # back to this process's shard
                     o = torch.distributed.tensor.distribute_tensor(o, p.device_mesh, p.placements)
-                p.mul_(1 - lr * wd)
                 p.add_(o, alpha=-lr * max(1, rows / cols) ** 0.5)
