@@ -59,16 +59,20 @@ def reduce_tensor(w, weight_dtype, center=False, rows=256):
 
 # -----------------------------------------------------------------------------
 # the kernels: private torch ones are called here alone, each behind a public fallback that
-# computes the same thing, chosen once per process with at most one warning line
+# computes the same thing, chosen once per process with at most one warning line in all
+_warned = False  # the process's one warning line is out: later fallbacks follow it silently
 
-@functools.cache
+
 def _warn_once(message):
-    print(f"warning: {message}", file=sys.stderr)
+    global _warned
+    if not _warned:
+        print(f"warning: {message}", file=sys.stderr)
+        _warned = True
 
 
 def _fallback(kernel, e):
     _warn_once(f"{kernel} is not usable in this torch ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-               f"public PyTorch runs instead (the same numbers, slower)")
+               f"public PyTorch runs instead (the same numbers, slower; so do any other kernels missing)")
 
 
 @functools.cache
