@@ -36,17 +36,29 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
 
 
+# NANOGPT_FORK_SERVER=0 runs every script as a plain subprocess, a fresh interpreter each, instead
+FORK_SERVER = os.environ.get('NANOGPT_FORK_SERVER', '1') != '0'
 _server = None  # tests/forkserver.py, started at the first script it runs, and its socket
 
 
+# the environment scripts run in: the session's as it started, not what pytest (PYTEST_CURRENT_TEST), torch
+# or a test sets in this process's own
+SESSION_ENV = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline'}
+
+
+def script_env(env=None):
+    """The environment a test runs a script in: the session's, unbuffered and with wandb offline, and env."""
+    return {**SESSION_ENV, **(env or {})}
+
+
 def _fork_server():
-    """The socket path of the fork server, started if need be."""
+    """The socket path of the fork server, started if need be, in the environment scripts get by default."""
     global _server
     import tempfile
     if _server is None or _server[0].poll() is not None:
         path = os.path.join(tempfile.mkdtemp(), 'forkserver')
         p = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'forkserver.py'), path], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, env=script_env())
         assert p.stdout.readline().strip() == 'ready'
         _server = p, path
     return _server[1]
@@ -114,18 +126,23 @@ def spawn(cwd, *args, env=None):
     Start `python *args` in cwd (a script, or `-m module`; or a torchrun command if args[0] is
     'torchrun') in a child of the fork server, which has imported torch already: a Popen-like
     Forked. Its exit status, stdout and stderr are a process of its own's (tests/forkserver.py);
-    torchrun's agent runs there, and each of its workers through tests/forkclient.py.
+    torchrun's agent runs there, and each of its workers through tests/forkclient.py. Without the
+    fork server (FORK_SERVER), a subprocess.Popen.
     """
     if args[0] == 'torchrun':
         script = next(i for i, a in enumerate(args) if a.endswith('.py'))
-        args = ('-m', 'torch.distributed.run', *args[1:script], os.path.join(REPO, 'tests', 'forkclient.py'),
-                *args[script:])
-    return Forked([sys.executable, *args], cwd, {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline',
-                                                 **(env or {})})
+        client = [os.path.join(REPO, 'tests', 'forkclient.py')] if FORK_SERVER else []
+        args = ('-m', 'torch.distributed.run', *args[1:script], *client, *args[script:])
+    if not FORK_SERVER:
+        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=script_env(env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Forked([sys.executable, *args], cwd, script_env(env))
 
 
 def worker_pid(pid):
     """The process of the script that the torchrun worker pid (a tests/forkclient.py) runs."""
+    if not FORK_SERVER:
+        return pid
     try:
         with open(f"{_fork_server()}.{pid}") as f:
             return int(f.read())
@@ -150,9 +167,8 @@ def run(cwd, *args, env=None, timeout=240, check=True):
             raise
         p = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     else:
-        p = subprocess.run([sys.executable, *args], cwd=cwd,
-                           env={**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'offline', **(env or {})},
-                           capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([sys.executable, *args], cwd=cwd, env=script_env(env), capture_output=True, text=True,
+                           timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     if check:

@@ -2,21 +2,35 @@
 A Python process that imports torch and the libraries the scripts use once, then runs each script
 asked of it in a child forked from itself: `python script.py args` (or `python -m module args`, as
 torchrun's agent is started) as a user runs it (its own cwd, environment, argv, sys.path, the
-caller's stdin, stdout and stderr, atexit at the end), without paying the interpreter's start and
-torch's import again. The tests ask through start() below; torchrun's workers through
-tests/forkclient.py. Requests come on a Unix socket, any number at once: a JSON request {cwd,
-env, argv} with the three file descriptors; the answer is the child's pid, then its exit status.
+caller's stdin, stdout and stderr, the interpreter's own exit), without paying the interpreter's
+start and torch's import again. Libraries read some variables once, at import (huggingface_hub's
+HF_HOME and HF_HUB_OFFLINE, tqdm's TQDM_*): a request whose environment differs from the server's
+in any variable but those read at run time (AT_RUN_TIME) gets a fresh interpreter instead, exec'd
+in the child. The tests ask through start() below; torchrun's workers through tests/forkclient.py.
+Requests come on a Unix socket, any number at once: a JSON request {cwd, env, argv} with the three
+file descriptors; the answer is the child's pid, then its exit status.
 $ python tests/forkserver.py SOCKET_PATH
 """
-import atexit
 import json
 import os
+import re
 import runpy
 import select
 import signal
 import socket
 import struct
 import sys
+
+# variables nothing reads at import: ours (the repository's modules are imported afresh by each child), and
+# those torchrun sets for its workers, read when the process group starts (OMP_NUM_THREADS: see run_script)
+AT_RUN_TIME = re.compile(r'FORKSERVER|NANOGPT_\w+|TORCHELASTIC_\w+|(LOCAL_|GROUP_|ROLE_)?(RANK|WORLD_SIZE)|ROLE_NAME'
+                         r'|MASTER_(ADDR|PORT)|(TORCH_)?NCCL_ASYNC_ERROR_HANDLING|OMP_NUM_THREADS')
+SERVER_ENV = dict(os.environ)  # as the libraries below saw it when they were imported
+
+
+def forkable(env):
+    """Whether a child forked from this server sees what a fresh interpreter with env would."""
+    return all(AT_RUN_TIME.fullmatch(k) for k in set(env) | set(SERVER_ENV) if env.get(k) != SERVER_ENV.get(k))
 
 
 def send(conn, request, fds):
@@ -46,6 +60,8 @@ def readline(conn):
 def run_script(request):
     """In the forked child: become `python argv...` in cwd with env, run it, and exit as it would."""
     os.chdir(request['cwd'])
+    if not forkable(request['env']):  # a fresh interpreter, imports and all
+        os.execve(sys.executable, [sys.executable, *request['argv']], request['env'])
     os.environ.clear()
     os.environ.update(request['env'])
     if 'OMP_NUM_THREADS' in os.environ:  # read when torch loads, so set here as a new process would have it
@@ -57,7 +73,6 @@ def run_script(request):
     sys.argv = argv if module is None else [module, *argv]
     # as `python script.py` puts it, and `python -m` (the working directory)
     sys.path[0] = os.getcwd() if module else os.path.dirname(os.path.abspath(argv[0]))
-    atexit._clear()  # what this server registered is not the script's
     code = 0
     try:
         if module:
@@ -73,10 +88,7 @@ def run_script(request):
     except BaseException:
         sys.excepthook(*sys.exc_info())  # as the interpreter reports it (a script may have set its own hook)
         code = 1
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    raise SystemExit(code)  # out through the server's frames: the interpreter exits as the script's would
 
 
 def supervise(conn):
