@@ -7,11 +7,13 @@ import copy
 import os
 import pickle
 import shutil
+import sys
 import warnings
 from contextlib import nullcontext
 
 import torch
 
+from model import MODEL_OPTIONS
 from util import die, os_error, write_error, written
 
 
@@ -51,6 +53,62 @@ def save_checkpoint(out_dir, checkpoint, optimizer_state, merged=None):
             os.remove(path)
     _save_pair(out_dir, checkpoint, name, lambda: _atomic_save(optimizer_state, path), discard,
                (lambda: merged(path)) if merged else None)
+
+
+def starting_point(init_from, auto_resume, out_dir, master):
+    """What a run starts from: 'resume' where auto_resume finds out_dir's checkpoint (a restarted run continues its
+    own progress, not the run it started from), else init_from, whose first checkpoint replaces one there."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from == 'resume' or not os.path.isfile(path):
+        return init_from
+    if auto_resume:
+        if master:
+            print(f"auto_resume: {path} exists, so this run resumes it instead of starting from {init_from}")
+        return 'resume'
+    if master:
+        print(f"warning: {path} exists and this run starts from {init_from}: its first checkpoint will replace "
+              f"that one (--init_from=resume continues it instead)", file=sys.stderr)
+    return init_from
+
+
+def save_training(out_dir, model, optimizer, scaler, fsdp, master, adapters=None, **run):
+    """
+    A training run's checkpoint, from every process under FSDP, else the master's: the plain (or FSDP) model,
+    its architecture, the run's state (run: iter_num, best_val_loss, config, ...; None values left out), and
+    for a LoRA run (adapters: a lora.Adapters) the weights merged, the adapters and the frozen weights.
+    """
+    checkpoint = dict(model=None if fsdp or adapters else model.state_dict(),  # FSDP, LoRA: made by the save
+                      model_args=model.config.model_args(), model_options=model.config.model_options(),
+                      **{k: v for k, v in run.items() if v is not None},
+                      **(adapters.checkpoint_entry() if adapters else {}))
+    if master:
+        print(f"saving checkpoint to {out_dir}")
+    if fsdp:
+        save_sharded_checkpoint(out_dir, checkpoint if master else None, model, optimizer)
+    else:
+        state = {'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+                 **(adapters.optimizer_entry() if adapters else {})}
+        save_checkpoint(out_dir, checkpoint, state, adapters.merged if adapters else None)
+        if adapters:
+            adapters.saved()
+
+
+def resume_settings(checkpoint, model_config, config, asked, out_dir):
+    """
+    The LoRA settings a resumed run keeps, its checkpoint's (lora_rank 0: it trained every weight), as
+    (lora_rank, lora_alpha, lora_dropout, lora_targets), after checking the settings asked for (their names;
+    config holds all) against them and against the checkpoint's model (model_config, the model built from it):
+    a disagreement is one line.
+    """
+    shape = {k: getattr(model_config, k) for k in ('n_layer', 'n_head', 'n_embd', 'bias', *MODEL_OPTIONS)}
+    lora = {f'lora_{k}': ','.join(v) if k == 'targets' else v for k, v in checkpoint.get('lora', {}).items()
+            if k in ('rank', 'alpha', 'dropout', 'targets')} or {'lora_rank': 0}
+    for k, v in {**shape, **lora}.items():
+        if k in asked and config[k] != v:
+            hint = f" (to LoRA-finetune it, use --init_from={os.path.join(out_dir, 'ckpt.pt')} and a new out_dir)" \
+                if k in lora and not lora['lora_rank'] else ""
+            die(f"the checkpoint in {out_dir} has {k}={v}, but {k}={config[k]} was asked{hint}")
+    return tuple(lora.get(k, config[k]) for k in ('lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets'))
 
 
 def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):

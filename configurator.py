@@ -8,7 +8,7 @@ must already be a setting of the script (one of its globals of type bool, int, f
 or None) and keep its type: an int is fine for a float, True/False for a bool, and a
 setting whose default is None takes any value the script then checks. Anything else is
 one line on stderr and exit status 2, before the script does any work. The names that were
-set are left in the script's global _set_keys, for checks that only apply to what was asked.
+set are left in the script's global set_keys, for checks that only apply to what was asked.
 """
 import sys as _sys
 
@@ -60,7 +60,7 @@ def _configure(argv, g):
         got = raw if raw is not None else repr(value)
         fail(f"{key} expects {want}, got {got}")
 
-    g['_set_keys'] = set_keys = set()
+    g['set_keys'] = set_keys = set()
     for arg in argv:
         if arg.startswith('--'):
             key, eq, raw = arg[2:].partition('=')

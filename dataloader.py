@@ -46,6 +46,25 @@ def check_token_ids(data, vocab_size, path):
             _check_ids(data[i:i + 2**24], vocab_size, path)
 
 
+def run_vocab_size(meta, model_vocab_size, data_dir, splits):
+    """The vocabulary a run's token ids must stay below: the dataset's (meta.json's; GPT-2's is the model's, padded),
+    which the model must hold; every id of the splits ({name: open_split's array}) is checked against it."""
+    vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else model_vocab_size
+    if model_vocab_size < vocab_size:
+        die(f"the dataset has {vocab_size} tokens, the model only {model_vocab_size}")
+    for split, data in splits.items():
+        check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
+    return vocab_size
+
+
+def warn_if_data_is_small(n_params, train_tokens, dataset):
+    """A model with over 20 parameters a training token can learn them by heart (nanoGPT's #97): a warning."""
+    if n_params > 20 * train_tokens:
+        print(f"warning: {n_params / 1e6:.2f}M parameters is over 20 a training token ({train_tokens:,} in {dataset}): "
+              f"the model can learn them by heart (val loss rising as train loss falls); a smaller model, more dropout "
+              f"or more data (data/prepare.py's last line suggests a size)")
+
+
 def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     """
     batch_size random windows of data as (x, y), y shifted by one token. The windows depend
@@ -62,3 +81,40 @@ def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     else:
         buf = buf.to(device)
     return buf[:, :-1], buf[:, 1:]  # (B, T) each
+
+
+class BatchRamp:
+    """
+    The micro-steps of each iteration, shared by world processes, each micro-step a batch of row_tokens: steps
+    (gradient_accumulation_steps) in all, or fewer over the first ramp_tokens tokens of training, rising linearly
+    with the tokens trained from start (batch_ramp_start). Each process takes its share of them.
+    """
+
+    def __init__(self, ramp_tokens, start, steps, world, row_tokens):
+        if steps % world:
+            die(f"gradient_accumulation_steps ({steps}) must be divisible by the number of processes ({world})")
+        self.full = steps // world  # this process's share: the global batch stays the same
+        self.start = -(-start // world)  # rounded up to whole micro-steps
+        if ramp_tokens and not 0 < self.start <= self.full:
+            die(f"batch_ramp_start ({start}) must be between 1 and gradient_accumulation_steps ({steps})")
+        self.ramp_tokens = ramp_tokens
+        self.micro_tokens = world * row_tokens  # of one micro-step on every process
+        self.tokens_per_iter = self.full * self.micro_tokens
+
+    def __str__(self):
+        return (f"batch ramp: from {self.start * self.micro_tokens:,} tokens per iteration to {self.tokens_per_iter:,} "
+                f"over the first {self.ramp_tokens:,} tokens; the learning rate schedule follows tokens")
+
+    def micro_steps(self, tokens):
+        """This process's micro-steps in an iteration that starts after tokens tokens."""
+        if tokens >= self.ramp_tokens:
+            return self.full
+        return int(self.start + (self.full - self.start) * tokens / self.ramp_tokens)
+
+    def tokens_before(self, it):
+        """The tokens trained on before iteration it: fewer than it full batches while the ramp runs."""
+        tokens, i = 0, 0
+        while i < it and tokens < self.ramp_tokens:
+            tokens += self.micro_steps(tokens) * self.micro_tokens
+            i += 1
+        return tokens + (it - i) * self.full * self.micro_tokens

@@ -1,15 +1,42 @@
 """
 The optimizer's part of a training step, as train.py and bench.py take it: clipping, the step and
-the gradients' release, and the measures of its health (the gradient norm, the update's size).
+the gradients' release, and the measures of its health (the gradient norm, the update's size, finite losses).
 """
+
+import math
 
 import torch
 import torch.distributed as dist
+
+from util import die
 
 
 def _local(t):
     """A tensor's share on this process: FSDP's parameters and gradients are DTensors, sharded."""
     return t.to_local() if hasattr(t, 'to_local') else t  # (importing DTensor costs a second)
+
+
+class FiniteLosses:
+    """
+    Training stops at a NaN/Inf loss before it can reach a checkpoint in out_dir: add notes the first iteration
+    whose loss was not finite, on the device (no sync); check reads it (a sync: call rarely), check_val a val loss.
+    """
+
+    def __init__(self, device, out_dir):
+        self.first_bad, self.out_dir = torch.tensor(-1, device=device), out_dir
+
+    def add(self, it, loss):
+        self.first_bad = torch.where((self.first_bad < 0) & ~loss.isfinite(), it, self.first_bad)
+
+    def check(self):
+        bad = int(self.first_bad)
+        if bad >= 0:
+            die(f"the training loss is not finite at iter {bad}; stopping (the last checkpoint in {self.out_dir} "
+                f"is untouched)")
+
+    def check_val(self, val_loss, it):
+        if not math.isfinite(val_loss):
+            die(f"val loss is {val_loss} at iter {it}; stopping (the last checkpoint in {self.out_dir} is untouched)")
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip, measure=False):
@@ -60,3 +87,38 @@ def update_to_weight(optimizer, before, sharded=False):
         updates, weights = list(sums[:len(updates)]), list(sums[len(updates):])
     overall = (sum(updates) / sum(weights)).sqrt()
     return overall, [(u / w).sqrt() for u, w in zip(updates, weights)]
+
+
+
+class StepHealth:
+    """
+    The training's health between two log lines: count sees every step's gradient norm (the share clipped at
+    grad_clip), read gives the last iteration's loss (the mean over processes under DDP), its gradient norm, that
+    share (None without clipping) and its step's update size (update_to_weight of before), overall and per group:
+    read from the device at once, one sync, as floats on the master process (None elsewhere). Every process calls it.
+    """
+
+    def __init__(self, device, grad_clip):
+        self.grad_clip, self.clipped, self.steps = grad_clip, torch.zeros((), device=device), 0
+
+    def count(self, grad_norm):
+        if self.grad_clip != 0.0:
+            self.clipped += grad_norm > self.grad_clip
+        self.steps += 1
+
+    def read(self, optimizer, before, loss, grad_norm, ddp, fsdp, master):
+        if ddp:
+            dist.all_reduce(loss)
+            loss /= dist.get_world_size()
+        if fsdp:  # the weights are sharded: every process adds its part of the update's size
+            update, group_updates = update_to_weight(optimizer, before, sharded=True)
+        elif master:
+            update, group_updates = update_to_weight(optimizer, before)
+        clipped, self.steps = self.clipped / self.steps, 0
+        self.clipped = torch.zeros_like(self.clipped)
+        if not master:
+            return None
+        lossf, norm, clipped, update, *group_updates = torch.stack(
+            [loss, grad_norm, clipped, update, *group_updates]).float().tolist()
+        return dict(loss=lossf, grad_norm=norm, clipped=clipped if self.grad_clip != 0.0 else None,
+                    update_to_weight=update, group_updates=group_updates)

@@ -62,7 +62,7 @@ if weight_dtype_error(weight_dtype, device):
 # model, and the tokenizer of the data it was trained on
 model, meta = load_model(init_from, out_dir, trust_checkpoint, weight_dtype)
 vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else model.config.vocab_size
-if top_k > vocab_size and 'top_k' in _set_keys:  # the default 200 means "all" for a 65-character vocabulary
+if top_k > vocab_size and 'top_k' in set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.to(device)
 model = for_inference(model, device, dtype, batch_size=num_samples)

@@ -142,3 +142,26 @@ def all_reduce_counts(counts, device):
 
 def default_file(task):
     return os.path.join('data', task, DEFAULT_FILES[task])
+
+
+def hellaswag_during_training(model, hellaswag, block_size, device, ctx, rank, world_size, fsdp):
+    """HellaSwag's results for model (in eval mode meanwhile) over hellaswag_for_training's examples, shared by
+    all processes (FSDP: in lockstep)."""
+    model.eval()
+    counts = evaluate_hellaswag(model, hellaswag['examples'], hellaswag['encode'], block_size, device, ctx, rank,
+                                world_size, lockstep=fsdp)
+    model.train()
+    return hellaswag_results(all_reduce_counts(counts, device))
+
+
+def hellaswag_for_training(meta, dataset, limit=0):
+    """HellaSwag's first limit examples (0: all) and the encoder of dataset (meta: its meta.json), for zero-shot
+    accuracy during training: one line if the dataset is character-level or HellaSwag is not prepared."""
+    from tokenizer import from_meta
+    from util import die
+    if meta['tokenizer'] == 'char':
+        die(f"hellaswag_interval needs a BPE dataset; {dataset} is character-level")
+    path = default_file('hellaswag')
+    if not os.path.isfile(path):
+        die(f"no {path}: python data/hellaswag/prepare.py")
+    return dict(examples=read_jsonl(path, limit), encode=from_meta(meta).encode)

@@ -3,6 +3,7 @@ What every script shares that needs no torch (so the data/*/prepare.py scripts s
 errors, files and downloads written whole or not at all, and GPT-2's tokenizer.
 """
 import errno
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -12,6 +13,24 @@ def die(msg):
     """Bad input: one line on stderr and a non-zero exit, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def check_settings(config, positive=(), non_negative=(), below_one=(), choices=None):
+    """
+    One line and exit for the first setting of config out of its range: positive (> 0), non_negative (>= 0),
+    below_one (in [0, 1)), choices ({name: the values it may take}); a float must also be finite (NaN fails
+    every comparison).
+    """
+    for name, allowed in (choices or {}).items():
+        if config[name] not in allowed:
+            die(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got {config[name]!r}")
+    for names, ok, want in ((positive, lambda v: v > 0, 'positive'), (non_negative, lambda v: v >= 0, '>= 0'),
+                            (below_one, lambda v: 0 <= v < 1, 'in [0, 1)')):
+        for name in names:
+            value = config[name]
+            if not (ok(value) and math.isfinite(value)):
+                finite = 'finite and ' if isinstance(value, float) and want != 'in [0, 1)' else ''
+                die(f"{name} must be {finite}{want}, got {value}")
 
 
 def os_error(e):

@@ -85,8 +85,12 @@ def run_script(request):
         else:  # sys.exit('message'), as the interpreter prints it
             print(e.code, file=sys.stderr)
             code = 1
-    except BaseException:
-        sys.excepthook(*sys.exc_info())  # as the interpreter reports it (a script may have set its own hook)
+    except BaseException as e:
+        tb = e.__traceback__  # from the script's own frames on, as the interpreter reports it
+        while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
+                                  or 'runpy' in tb.tb_frame.f_code.co_filename):
+            tb = tb.tb_next
+        sys.excepthook(type(e), e, tb)  # (a script may have set its own hook)
         code = 1
     raise SystemExit(code)  # out through the server's frames: the interpreter exits as the script's would
 
