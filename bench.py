@@ -11,7 +11,6 @@ $ python bench.py --mode=memory --n_layer=48 --n_head=25 --n_embd=1600 --block_s
 $ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and DDP vs FSDP measured
 Every train.py setting is a bench.py setting too, so any config file runs here.
 """
-import ast
 import gc
 import json
 import os
@@ -27,81 +26,121 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from autotune import choose_cpu_route
 from dataloader import get_batch
-from device import PeakAnonMemory, autocast, maybe_compile, return_freed_memory_at_once, rss_anon, setup_device
-from device import peak_flops as find_peak_flops
+from checkpoints import load_checkpoint
+from device import PeakAnonMemory, autocast, available_memory, maybe_compile, measured_matmul_flops, rss_anon
+from device import peak_flops as find_peak_flops, return_freed_memory_at_once, setup_device, stream_bandwidth
+from device import synchronize
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from generate import generate_stream
-from loading import load_model
+from loading import from_pretrained, load_model, model_from_checkpoint
 from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step
-from quantize import WEIGHT_DTYPES, for_inference, weight_dtype_error
+from quantize import WEIGHT_DTYPES, for_inference, weight_bytes, weight_dtype_error
 from tokenizer import read_meta
-from util import die
-
-
-def script_settings(script):
-    """
-    The settings at the top of a script (train.py), as a dict: its module-level assignments of
-    literal values (or arithmetic on them, 5 * 8) before it runs configurator.py.
-    """
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    literal = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
-    settings = {}
-    for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # exec(open('configurator.py')...)
-            break
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and all(isinstance(n, literal) for n in ast.walk(node.value))):
-            settings[node.targets[0].id] = eval(compile(ast.Expression(node.value), path, 'eval'), {})
-    return settings
+from util import check_settings, die
 
 
 # -----------------------------------------------------------------------------
-# train.py's settings and defaults (so its config files run), then bench's own:
-globals().update(script_settings('train.py'))
+# what is timed, with train.py's names and defaults, so that its config files run here
+# the model: random weights of this shape (init_from='scratch'), else init_from's, loaded as train.py loads them
+init_from = 'scratch'  # or 'resume' (out_dir's ckpt.pt), a ckpt.pt, a GPT-2 name or directory (not mode=memory)
+out_dir = 'out'
+trust_checkpoint = False  # allow checkpoints holding arbitrary pickled objects (only for files you trust)
+n_layer = 12
+n_head = 12
+n_embd = 768
+bias = False
+activation = 'gelu'
+pos_encoding = 'learned'
+qk_norm = False
+norm = 'layernorm'
+tie_weights = True
+zero_init_proj = False
+logit_softcap = 0.0
+dropout = 0.0
+# the training step
+dataset = 'openwebtext'  # its vocabulary, and its train.bin's batches (real_data), val.bin's for mode=generate
+batch_size = 12
+block_size = 1024
 gradient_accumulation_steps = 1  # one micro-batch per step unless a config file asks for more
-real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
-num_steps = 20  # timed steps, after 10 warm-up steps
-profile = False  # use pytorch profiler, or just simple benchmarking?
-sdpa_backend = 'auto'  # train mode: 'auto' (PyTorch's pick), or force 'flash', 'efficient', 'cudnn' or 'math'
-compile_mode = 'default'  # train mode, with compile: torch.compile's mode ('max-autotune-no-cudagraphs', ...)
-float8 = False  # train mode: the Linears in float8 through torchao (convert_to_float8_training; GPUs with float8)
+lora_rank = 0  # LoRA adapters (peft) beside frozen weights; 0 = off (mode=memory: the LoRA rows' rank, else 8)
+lora_alpha = 16
+lora_dropout = 0.0
+lora_targets = 'c_attn,c_proj,c_fc'
+activation_checkpointing = False
+optimizer = 'adamw'
+muon_lr = 0.02
+learning_rate = 6e-4
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+device = 'auto'
+dtype = 'auto'
+autotune = True  # on CPUs, train.py's speed choices at these shapes
+compile = None
+backend = 'auto'  # under torchrun (mode=memory): 'auto', 'nccl' or 'gloo'
+parallelism = 'ddp'  # under torchrun (mode=memory): 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
+seed = 1337
+peak_flops = 0.0  # the device's peak FLOP/s for MFU; 0: a known GPU's, or on other devices a measured matmul's
+# bench's own
 mode = 'train'  # 'train': the training step; 'generate': tokens/s of sampling, ours and transformers'; 'memory'
-max_new_tokens = 200  # generate mode: tokens per sample, from a 4-token prompt
-num_samples = 0  # generate mode: the batch size; 0 measures 1 and 8
-weight_dtype = 'all'  # generate mode: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
-repeats = 3  # generate mode: timed runs per row, the fastest counts (a shared machine's interference only slows)
-no_cache = True  # generate mode: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
-quality_positions = 4096  # generate mode: positions (of data/<dataset>/val.bin, else random) to compare; 0: none
-parallelism = 'ddp'  # memory mode under torchrun: 'ddp' (a full copy per process) or 'fsdp' (sharded: FSDP2)
-memory_rows = 'full,full+ac,lora,lora+ac'  # memory mode: the finetunings to measure (LoRA at lora_rank, else 8)
+real_data = True  # batches from data/<dataset>/train.bin when it exists, else random tokens
+num_steps = 20  # timed steps, after 10 warm-up steps (mode=memory: steps measured, 3)
+profile = False  # use pytorch profiler, or just simple benchmarking?
+sdpa_backend = 'auto'  # 'auto' (PyTorch's pick), or force 'flash', 'efficient', 'cudnn' or 'math'
+compile_mode = 'default'  # with compile: torch.compile's mode ('max-autotune-no-cudagraphs', ...)
+float8 = False  # the Linears in float8 through torchao (convert_to_float8_training; GPUs with float8)
+max_new_tokens = 200  # mode=generate: tokens per sample, from a 4-token prompt
+num_samples = 0  # mode=generate: the batch size; 0 measures 1 and 8
+weight_dtype = 'all'  # mode=generate: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
+repeats = 3  # mode=generate: timed runs per row, the fastest counts (a shared machine's interference only slows)
+no_cache = True  # mode=generate: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
+quality_positions = 4096  # mode=generate: positions (of data/<dataset>/val.bin, else random) to compare; 0: none
+memory_rows = 'full,full+ac,lora,lora+ac'  # mode=memory: the finetunings to measure
+# train.py's settings that change no training step (evaluation, logging, the schedule): its config files set
+# them, and bench.py names those it leaves aside
+eval_interval = log_interval = eval_iters = eval_only = always_save_checkpoint = auto_resume = None
+wandb_log = wandb_project = wandb_run_name = hellaswag_interval = hellaswag_limit = None
+max_iters = decay_lr = warmup_iters = lr_decay_iters = min_lr = batch_ramp_tokens = batch_ramp_start = None
 # -----------------------------------------------------------------------------
-config_keys = [k for k, v in globals().items()
-               if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-if mode not in ('train', 'generate', 'memory'):
-    die(f"mode must be 'train', 'generate' or 'memory', got '{mode}'")
-if weight_dtype not in ('all', *WEIGHT_DTYPES):
-    die(f"weight_dtype must be one of all, {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}")
-SDPA_BACKENDS = {'flash': 'FLASH_ATTENTION', 'efficient': 'EFFICIENT_ATTENTION', 'cudnn': 'CUDNN_ATTENTION',
-                 'math': 'MATH'}
-if sdpa_backend not in ('auto', *SDPA_BACKENDS):
-    die(f"sdpa_backend must be auto, {', '.join(SDPA_BACKENDS)}; got {sdpa_backend!r}")
-SDPA_BACKENDS = {k: getattr(SDPBackend, v) for k, v in SDPA_BACKENDS.items()}
-if parallelism not in ('ddp', 'fsdp'):
-    die(f"parallelism must be 'ddp' or 'fsdp', got '{parallelism}'")
-for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps', 'max_new_tokens', 'repeats',
-             'n_layer', 'n_head', 'n_embd'):
-    if globals()[name] <= 0:
-        die(f"{name} must be positive, got {globals()[name]}")
+# the settings each mode uses besides mode, device, dtype, seed and dataset: any other set on the command line is
+# an error, and one set by a config file (train.py's) is named as left aside
+SHAPE = ('n_layer', 'n_head', 'n_embd', 'bias', *MODEL_OPTIONS)
+STEP = ('batch_size', 'block_size', 'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'optimizer', 'muon_lr',
+        'learning_rate', 'weight_decay', 'beta1', 'beta2', 'grad_clip', 'dropout', 'num_steps')
+USES = {'train': {*SHAPE, *STEP, 'init_from', 'out_dir', 'trust_checkpoint', 'gradient_accumulation_steps',
+                  'activation_checkpointing', 'autotune', 'compile', 'peak_flops', 'real_data', 'profile',
+                  'sdpa_backend', 'compile_mode', 'float8'},
+        'generate': {*SHAPE, 'block_size', 'init_from', 'out_dir', 'trust_checkpoint', 'max_new_tokens', 'num_samples',
+                     'weight_dtype', 'repeats', 'no_cache', 'quality_positions'},
+        'memory': {*SHAPE, *STEP, 'memory_rows', 'parallelism', 'backend'}}
+check_settings(globals(), positive=('batch_size', 'block_size', 'gradient_accumulation_steps', 'num_steps',
+                                   'max_new_tokens', 'repeats', 'n_layer', 'n_head', 'n_embd'),
+               choices=dict(mode=tuple(USES), weight_dtype=('all', *WEIGHT_DTYPES), parallelism=('ddp', 'fsdp'),
+                            sdpa_backend=('auto', 'flash', 'efficient', 'cudnn', 'math')))
+ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
+if ddp and mode != 'memory':
+    die(f"mode={mode} runs in one process: torchrun is for mode=memory")
+# under torchrun, mode=memory measures one full training step's state per process; alone, its rows
+ONE_STEP = {'lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets', 'num_steps', 'grad_clip', 'memory_rows'}
+uses = USES[mode] - (ONE_STEP if ddp else {'parallelism', 'backend'})
+on_command_line = {a[2:].partition('=')[0] for a in sys.argv[1:] if a.startswith('--')}
+for name in sorted(set_keys - uses - {'mode', 'device', 'dtype', 'seed', 'dataset'}):
+    if name in on_command_line:
+        die(f"{name} does not apply to mode={mode}" + (" (outside torchrun)" if name in USES[mode] else ""))
+left_aside = sorted(set_keys - uses - on_command_line - {'mode', 'device', 'dtype', 'seed', 'dataset'})
+if left_aside:
+    print(f"left aside (the config file's, unused by mode={mode}): {', '.join(left_aside)}")
+fixed = set_keys & {*SHAPE, *(['block_size'] if mode == 'generate' else [])}  # a loaded model's own
+if init_from != 'scratch' and fixed:
+    die(f"{sorted(fixed)[0]} is init_from's ({init_from}): leave the model's shape to it")
 if n_embd % n_head:
     die(f"n_embd ({n_embd}) must be divisible by n_head ({n_head}): each head gets n_embd // n_head dimensions")
 torch.manual_seed(seed)
-ddp, ddp_rank, ddp_local_rank, ddp_world_size = ddp_ranks()
 config_dtype = dtype
 device, dtype, ctx = setup_device(device, dtype, ddp_local_rank)
 if device.type == 'cpu' and mode != 'generate':  # as train.py does
@@ -111,34 +150,37 @@ if mode == 'generate' and weight_dtype_error(weight_dtypes[-1], device):  # int8
     die(weight_dtype_error(weight_dtypes[-1], device))
 
 
-def sync():
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    elif device.type == 'mps':
-        torch.mps.synchronize()
-
-
 # -----------------------------------------------------------------------------
 # mode 'train': the training step, as train.py takes it (without DDP)
 
-def measured_matmul_flops(device, dtype, n=2048, repeat=5):
-    """
-    The FLOP/s of the best of a few n x n matmuls in dtype: a practical peak for devices no table
-    knows (CPUs, MPS), the rate their BLAS reaches on large, easy shapes (a spec sheet's is higher).
-    """
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    a, b = torch.randn(2, n, n, device=device).to(ptdtype)
-    best = float('inf')
-    for _ in range(repeat + 1):  # the first warms up
-        if device.type == 'mps':
-            torch.mps.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == 'mps':
-            torch.mps.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+def model_to_time(vocab_size):
+    """The model a timed step trains: random weights of the settings' shape (init_from='scratch') for a vocabulary
+    of vocab_size, or init_from's, as train.py loads them; cropped to block_size."""
+    if init_from == 'scratch':
+        return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                             n_embd=n_embd, dropout=dropout, bias=bias, **{k: globals()[k] for k in MODEL_OPTIONS}))
+    if init_from == 'resume' or os.path.isfile(init_from):
+        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
+        model = model_from_checkpoint(load_checkpoint(path, trust_checkpoint), dropout=dropout)
+    else:
+        try:
+            model = from_pretrained(init_from, dict(dropout=dropout))
+        except (ValueError, OSError) as e:
+            die(str(e))
+    if block_size > model.config.block_size:
+        die(f"block_size {block_size} is larger than the model's {model.config.block_size}")
+    model.crop_block_size(block_size)
+    return model
 
+
+def add_lora(model, rank=None):
+    """LoRA adapters (rank, else lora_rank's) on model, its frozen weights in bfloat16 where it computes in it."""
+    import lora  # (peft: imported only where it is used)
+    settings = lora.lora_settings(rank or lora_rank, lora_alpha, lora_dropout, lora_targets)
+    try:
+        lora.add_adapters(model, settings, torch.bfloat16 if dtype == 'bfloat16' else None)
+    except ValueError as e:
+        die(f"lora_targets '{lora_targets}': {str(e).splitlines()[0][:200]}")
 
 def bench_train():
     data_dir = os.path.join('data', dataset)
@@ -154,9 +196,11 @@ def bench_train():
         get = lambda it, micro: (x, x)
         print(f"data: random tokens{'' if not real_data else f' ({train_path} not found)'}")
 
-    raw_model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                              n_embd=n_embd, dropout=dropout, bias=bias,
-                              **{k: globals()[k] for k in MODEL_OPTIONS})).to(device)
+    raw_model = model_to_time(vocab_size)
+    if lora_rank:
+        add_lora(raw_model)
+    raw_model.config.activation_checkpointing = activation_checkpointing
+    raw_model.to(device)
     global dtype, ctx
     route = None
     if device.type == 'cpu':  # as train.py does: the fastest exact route at these shapes
@@ -177,11 +221,15 @@ def bench_train():
     peak_source = 'configured' if peak_flops else f'{dtype} spec-sheet peak'
     if peak is None and device.type != 'cuda':  # no spec sheet for a CPU here: its own best matmul rate
         peak, peak_source = measured_matmul_flops(device, dtype), f'measured: a 2048^3 {dtype} matmul'
-    print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters, "
-          f"batch {batch_size} x {block_size} x {gradient_accumulation_steps} micro-steps"
-          f"{f' ({route.name})' if route else ''}")
+    trainable = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
+    print(f"device: {device}, dtype: {dtype}, {raw_model.get_num_params() / 1e6:.2f}M parameters"
+          f"{f' (LoRA rank {lora_rank}: {trainable:,} train)' if lora_rank else ''}, batch {batch_size} x "
+          f"{block_size} x {gradient_accumulation_steps} micro-steps{f' ({route.name})' if route else ''}"
+          f"{', activation checkpointing' if activation_checkpointing else ''}")
 
-    attention = lambda: nullcontext() if sdpa_backend == 'auto' else sdpa_kernel(SDPA_BACKENDS[sdpa_backend])
+    backends = dict(flash='FLASH_ATTENTION', efficient='EFFICIENT_ATTENTION', cudnn='CUDNN_ATTENTION', math='MATH')
+    attention = lambda: nullcontext() if sdpa_backend == 'auto' else \
+        sdpa_kernel(getattr(SDPBackend, backends[sdpa_backend]))
 
     def train_step(it):
         """One optimizer step: the mean loss, still on device."""
@@ -219,12 +267,12 @@ def bench_train():
         print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
         return
     for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
-        sync()
+        synchronize(device)
         t0 = time.time()
         for k in range(steps):
             lossf = train_step(k).item()
             print(f"{k}/{steps} loss: {lossf:.4f}")
-        sync()
+        synchronize(device)
         dt = (time.time() - t0) / steps
     tokens = batch_size * block_size * gradient_accumulation_steps
     mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
@@ -252,7 +300,7 @@ def generation_source(tmp):
                         json.dumps(args), tmp], check=True)
         return tmp, tmp, 'random GPT-2-shaped weights'
     if init_from == 'resume':
-        model, _ = load_model('resume', out_dir)
+        model, _ = load_model('resume', out_dir, trust_checkpoint)
         try:
             model.save_pretrained(tmp, vocab_size=model.config.vocab_size)
             return 'resume', tmp, out_dir
@@ -263,34 +311,15 @@ def generation_source(tmp):
     return init_from, init_from if os.path.isdir(init_from) else hf_gpt2.hub_snapshot(init_from), init_from
 
 
-def stream_bandwidth():
-    """Bytes/s this device reads when it streams: the best of 6 sums of a 1 GiB float32 tensor."""
-    a = torch.ones(2**28, device=device)
-    best = float('inf')
-    for _ in range(6):
-        sync()
-        t0 = time.perf_counter()
-        a.sum().item()
-        best = min(best, time.perf_counter() - t0)
-    return a.nbytes / best
-
-
-def weight_bytes(model):
-    """Bytes of weights one decoding step reads: every matmul's (an embedding lookup reads one row)."""
-    return sum(t.nbytes for m in model.modules() if not isinstance(m, torch.nn.Embedding)
-               for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-               if (name == 'weight' and t.dim() == 2) or name == 'scales')
-
-
 def generate_ours(model, x, n, use_cache):
     """(tokens/s, seconds to the first token) of our generate_stream."""
     t0 = time.perf_counter()
     first = None
     for _ in generate_stream(model, x, n, use_cache=use_cache):
         if first is None:
-            sync()
+            synchronize(device)
             first = time.perf_counter() - t0
-    sync()
+    synchronize(device)
     return x.size(0) * n / (time.perf_counter() - t0), first
 
 
@@ -300,7 +329,7 @@ def generate_transformers(hf, x, n):
         t0 = time.perf_counter()
         hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=k, min_new_tokens=k, do_sample=True,
                     top_k=0, pad_token_id=0)
-        sync()
+        synchronize(device)
         return time.perf_counter() - t0
     first = run(1)
     return x.size(0) * n / run(n), first
@@ -337,7 +366,7 @@ def quality_table(source):
     val = os.path.join('data', dataset, 'val.bin')
     reference = None
     for wd in ('float32', *[d for d in weight_dtypes if d != 'float32']):
-        model = load_model(source, out_dir, weight_dtype=wd)[0].to(device)
+        model = load_model(source, out_dir, trust_checkpoint, wd)[0].to(device)
         if reference is None:  # sequences of the model's context, up to 1024, from the whole file
             T, vocab = min(model.config.block_size, 1024), model.config.vocab_size
             if os.path.isfile(val):
@@ -370,7 +399,7 @@ def quality_table(source):
 def bench_generate():
     tmp = tempfile.TemporaryDirectory()
     source, hf_dir, about_source = generation_source(tmp.name)
-    bandwidth = stream_bandwidth()
+    bandwidth = stream_bandwidth(device)
     print(f"device: {device}, dtype: {dtype}, {about_source}, {max_new_tokens} new tokens from a 4-token prompt, "
           f"sampling at temperature 1 over the whole vocabulary; each row the fastest of {repeats} runs "
           f"(the uncached row: 1)")
@@ -380,7 +409,7 @@ def bench_generate():
         print("peak mem: the most anonymous memory (RssAnon: not the memory-mapped weights file) the process held "
               "while the row loaded and sampled (with what earlier rows left: run one weight_dtype for its own)")
     print(f"{'batch':>5} {'method':<30} {'tokens/s':>9} {'first token':>12} {'peak mem':>9} {'limit':>9}")
-    ours = lambda wd: lambda: load_model(source, out_dir, weight_dtype=wd)[0].to(device)
+    ours = lambda wd: lambda: load_model(source, out_dir, trust_checkpoint, wd)[0].to(device)
     for B in ([num_samples] if num_samples else [1, 8]):
         results = {}
         for wd in weight_dtypes:
@@ -429,21 +458,10 @@ def memory_label(row):
     return (f"LoRA r={lora_rank or 8}" if row.startswith('lora') else 'full') + (" + AC" if row.endswith('+ac') else "")
 
 
-def available_memory():
-    """The memory the kernel could give this process now, in bytes (MemAvailable; unknown: no limit)."""
-    try:
-        with open('/proc/meminfo') as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
-    except (OSError, StopIteration):
-        return float('inf')
-
-
 def memory_row(model, lora, checkpointed, steps):
     """Train model steps times (LoRA: adapters added in place first): the peak bytes held, and seconds a step."""
     if lora:
-        import lora as lora_module  # (peft: imported only where it is used)
-        settings = lora_module.lora_settings(lora_rank or 8, lora_alpha, lora_dropout, lora_targets)
-        lora_module.add_adapters(model, settings, torch.bfloat16 if dtype == 'bfloat16' else None)
+        add_lora(model, lora_rank or 8)
     model.config.activation_checkpointing = checkpointed
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
@@ -457,7 +475,7 @@ def memory_row(model, lora, checkpointed, steps):
                 _, loss = model(x, x)
             scaler.scale(loss).backward()
             optimizer_step(model, opt, scaler, grad_clip)
-        sync()
+        synchronize(device)
     dt = (time.perf_counter() - t0) / steps
     return torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else mem.peak, dt
 
@@ -466,8 +484,7 @@ def bench_memory():
     data_dir = os.path.join('data', dataset)
     meta = read_meta(data_dir)  # the dataset's vocabulary, as train.py has it
     config = GPTConfig(block_size=block_size, vocab_size=meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else 50304,
-                       n_layer=n_layer,
-                       n_head=n_head, n_embd=n_embd, bias=bias,
+                       n_layer=n_layer, n_head=n_head, n_embd=n_embd, bias=bias, dropout=dropout,
                        **{k: globals()[k] for k in MODEL_OPTIONS})
     with torch.device('meta'):
         n = sum(p.numel() for p in GPT(config).parameters())
@@ -480,7 +497,7 @@ def bench_memory():
     if ddp:
         return bench_memory_sharded(GPT(config).to(device))
     # measured, one process: each row in a process of its own, so that no row's memory is another's
-    gib, steps = 2**30, num_steps if 'num_steps' in _set_keys else 3
+    gib, steps = 2**30, num_steps if 'num_steps' in set_keys else 3
     for row in rows:
         if row not in MEMORY_ROWS:
             die(f"memory_rows: '{row}' is none of {', '.join(MEMORY_ROWS)}")

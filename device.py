@@ -1,10 +1,10 @@
 """
 The device a script runs on: its choice, the dtype and autocast, torch.compile, the peak FLOP/s
-that MFU is measured against, and memory meters. (On CPUs, autotune.py measures the speed choices.)
+that MFU is measured against, memory meters and bandwidth. (On CPUs, autotune.py measures the speed choices.)
 """
 
-import os
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -162,6 +162,52 @@ def peak_flops(device, dtype, configured=0.0):
         row = next((row for row in PEAK_FLOPS if row[0] in name), None)
         return row and row[2 if dtype == 'float32' else 1]
     return None
+
+
+def synchronize(device):
+    """Wait for the device's queued work (a timer's start and end; nothing on a CPU)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device.type == 'mps':
+        torch.mps.synchronize()
+
+
+def measured_matmul_flops(device, dtype, n=2048, repeat=5):
+    """
+    The FLOP/s of the best of a few n x n matmuls in dtype: a practical peak for devices no table
+    knows (CPUs, MPS), the rate their BLAS reaches on large, easy shapes (a spec sheet's is higher).
+    """
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    a, b = torch.randn(2, n, n, device=device).to(ptdtype)
+    best = float('inf')
+    for _ in range(repeat + 1):  # the first warms up
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def stream_bandwidth(device):
+    """Bytes/s this device reads when it streams: the best of 6 sums of a 1 GiB float32 tensor."""
+    a = torch.ones(2**28, device=device)
+    best = float('inf')
+    for _ in range(6):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a.sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best
+
+
+def available_memory():
+    """The memory the kernel could give this process now, in bytes (MemAvailable; unknown: no limit)."""
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
+        return float('inf')
 
 
 def rss_anon():

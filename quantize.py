@@ -372,3 +372,10 @@ def for_inference(model, device, dtype, batch_size=1, probe=True):
     if batch_size == 1 and reduced:
         choose_decoding_kernel(model, 'int8' if reduced[0].scales is not None else 'bfloat16', probe)
     return model
+
+
+def weight_bytes(model):
+    """Bytes of weights one decoding step reads: every matmul's (an embedding lookup reads one row)."""
+    return sum(t.nbytes for m in model.modules() if not isinstance(m, torch.nn.Embedding)
+               for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+               if (name == 'weight' and t.dim() == 2) or name == 'scales')

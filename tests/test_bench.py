@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import device
-from conftest import run
+from conftest import one_line_error, run
 
 SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4']
 
@@ -31,7 +31,29 @@ def test_bench_runs_a_config_file_on_real_data(repo):
               '--num_steps=2', '--device=cpu', '--peak_flops=1e12').stdout
     assert 'data: data/tiny_char/train.bin' in out
     assert 'batch 12 x 64 x 1 micro-steps' in out  # the config's shape, not bench's defaults
+    # train.py's settings that change no step are named, not silently dropped
+    assert ("left aside (the config file's, unused by mode=train): always_save_checkpoint, eval_interval, eval_iters, "
+            "log_interval, lr_decay_iters, max_iters, min_lr, warmup_iters") in out
     assert re.search(r'MFU: [\d.]+% of 1 TFLOP/s \(configured\)', out), out
+
+
+def test_bench_settings_take_effect_or_are_refused(trained_copy):
+    """LoRA, activation checkpointing and init_from shape the timed step; a setting another mode uses is an error."""
+    repo, args = trained_copy, ['--device=cpu', '--dtype=float32', '--num_steps=1', '--dataset=tiny_char']
+    out = run(repo, 'bench.py', *args, '--init_from=resume', '--batch_size=2', '--block_size=8', '--lora_rank=2',
+              '--activation_checkpointing=True').stdout
+    ckpt = torch.load(os.path.join(repo, 'out', 'ckpt.pt'), weights_only=True)
+    n, layers = ckpt['model_args']['n_embd'], ckpt['model_args']['n_layer']
+    lora = 2 * layers * ((n + 3 * n) + (n + n) + (n + 4 * n) + (4 * n + n))  # rank x (in + out) of each target
+    params = sum(v.numel() for k, v in ckpt['model'].items() if 'wpe' not in k and k != 'lm_head.weight') + lora
+    assert f"{params / 1e6:.2f}M parameters (LoRA rank 2: {lora:,} train)" in out, out
+    assert 'batch 2 x 8 x 1 micro-steps' in out and out.rstrip().splitlines()[-1].startswith('time per iteration')
+    assert ', activation checkpointing' in out
+    for bad, expected in ((['--mode=generate', '--lora_rank=8'], 'lora_rank does not apply to mode=generate'),
+                          (['--mode=memory', '--parallelism=fsdp'], 'parallelism does not apply to mode=memory '
+                                                                     '(outside torchrun)'),
+                          (['--init_from=resume', '--n_layer=4'], "n_layer is init_from's (resume)")):
+        one_line_error(run(repo, 'bench.py', *args, *bad, check=False), expected)
 
 
 def test_bench_profiler_prints_a_table_and_writes_a_trace(repo):
