@@ -160,7 +160,7 @@ class GPTConfig:
     tie_weights: bool = True  # lm_head is wte, as in GPT-2; False gives the head its own weights
     zero_init_proj: bool = False  # start every projection into the residual stream (and an untied head) at zero
     logit_softcap: float = 0.0  # squash the logits into (-cap, cap) with cap * tanh(logits / cap); 0 = off
-    # how it runs, not what it computes (never in a checkpoint's model_args or model_options):
+    # how it runs, not what it computes (not saved in checkpoints):
     spelled_out_keys: int = 0  # attention over up to this many keys as two matmuls, not SDPA (autotune.py picks)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass: less memory
 
@@ -293,8 +293,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts use
-        loading.py)."""
+        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts: loading.py)."""
         import hf_gpt2  # Hugging Face's format alone: it imports nothing of ours
         args, weights = hf_gpt2.read_pretrained(name_or_dir, override_args)
         model, weights = cls(GPTConfig(**args)), dict(weights)
