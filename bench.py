@@ -1,15 +1,10 @@
 """
-A much shorter version of train.py for benchmarking: the training step alone, timed.
-$ python bench.py                                          # GPT-2 124M shape, one 12 x 1024 micro-batch
-$ python bench.py config/train_shakespeare_char_cpu.py     # exactly what that config trains
-$ python bench.py --profile=True                           # where the time goes (torch profiler)
-$ python bench.py --mode=generate                          # sampling: float32, bfloat16, int8, no cache, transformers
-$ python bench.py --mode=generate --n_layer=48 --n_head=25 --n_embd=1600 --num_samples=1   # ... at GPT-2 XL's shape
-$ python bench.py --mode=memory config/train_gpt2.py       # per-process training state, DDP vs FSDP
-$ python bench.py --mode=memory --n_layer=48 --n_head=25 --n_embd=1600 --block_size=256 --batch_size=1  # GPT-2 XL's
-  finetuning on one process, measured: full, full + activation checkpointing, LoRA, LoRA + AC
-$ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp   # ... and DDP vs FSDP measured
-Every train.py setting is a bench.py setting too, so any config file runs here.
+A much shorter version of train.py for benchmarking, in three modes:
+$ python bench.py config/train_shakespeare_char_cpu.py  # train: that config's training step, timed (--profile=True)
+$ python bench.py --mode=generate                       # sampling: float32, bfloat16, int8, no cache, transformers
+$ python bench.py --mode=memory config/train_gpt2.py    # memory: training state per process, finetunings measured
+$ torchrun --standalone --nproc_per_node=2 bench.py --mode=memory --parallelism=fsdp  # DDP vs FSDP, measured
+train.py's config files run here: what they set that no training step uses is named on one line.
 """
 import gc
 import json
@@ -182,6 +177,7 @@ def add_lora(model, rank=None):
     except ValueError as e:
         die(f"lora_targets '{lora_targets}': {str(e).splitlines()[0][:200]}")
 
+
 def bench_train():
     data_dir = os.path.join('data', dataset)
     meta = read_meta(data_dir)
@@ -244,10 +240,7 @@ def bench_train():
         optimizer_step(model, opt, scaler, grad_clip)
         return loss_accum
 
-    if profile:
-        # useful docs on pytorch profiler:
-        # - tutorial https://pytorch.org/tutorials/intermediate/tensorboard_profiler_tutorial.html
-        # - api https://pytorch.org/docs/stable/profiler.html#torch.profiler.profile
+    if profile:  # https://pytorch.org/docs/stable/profiler.html
         wait, warmup, active = 5, 5, 5
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == 'cuda':
@@ -266,7 +259,7 @@ def bench_train():
         print(prof.key_averages().table(sort_by=sort_by, row_limit=20))
         print("trace written to ./bench_log (open with tensorboard or https://ui.perfetto.dev)")
         return
-    for stage, steps in (('burn-in', 10), ('benchmark', num_steps)):
+    for steps in (10, num_steps):  # burn-in, then the timed steps
         synchronize(device)
         t0 = time.time()
         for k in range(steps):
@@ -531,7 +524,7 @@ def bench_memory_sharded(model):
     from torch.nn.parallel import DistributedDataParallel as DDP
     start_ddp(device, backend)
     wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
-        DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
+        DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
     opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
     local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts)
     x = torch.randint(model.config.vocab_size, (batch_size, block_size), device=device)

@@ -262,7 +262,7 @@ checkpoint = optimizer_state = None  # free up memory
 raw_model = model
 model = maybe_compile(model, compile, device)
 if ddp and not fsdp:
-    model = DDP(model, device_ids=[ddp_local_rank] if device.type == 'cuda' else None)
+    model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
 peak = find_peak_flops(device, dtype, peak_flops)
 
 

@@ -23,9 +23,10 @@ if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(_cache):
     os.environ['TIKTOKEN_CACHE_DIR'] = _cache
 
 # the speed choices scripts measure (autotune.py) go to a cache of the test session's, not the user's
+_choices = None  # that cache, when the session made it (and removes it at its end)
 if 'NANOGPT_CACHE_DIR' not in os.environ:
     import tempfile
-    os.environ['NANOGPT_CACHE_DIR'] = tempfile.mkdtemp(prefix='nanogpt-choices-')
+    os.environ['NANOGPT_CACHE_DIR'] = _choices = tempfile.mkdtemp(prefix='nanogpt-choices-')
 
 # a small model and dataset that train in seconds on a CPU
 TINY = ['--dataset=tiny_char', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
@@ -70,6 +71,8 @@ def pytest_sessionfinish(session):
         _server[0].wait()
         _server[0].stdout.close()
         shutil.rmtree(os.path.dirname(_server[1]), ignore_errors=True)
+    if _choices is not None:
+        shutil.rmtree(_choices, ignore_errors=True)
 
 
 class Forked:
@@ -179,6 +182,18 @@ def run(cwd, *args, env=None, timeout=240, check=True):
 def iter_losses(stdout):
     """{iteration: loss} of the log lines in a train.py output."""
     return {int(i): float(l) for i, l in re.findall(r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu ', stdout, re.M)}
+
+
+def samples(stdout):
+    """The texts sample.py printed, each ended by its '---------------' line (a line naming the tokenizer left out)."""
+    return re.sub(r'\A(Loading .*|No meta.json found.*)\n', '', stdout).split('\n---------------\n')[:-1]
+
+
+def char_samples_ok(stdout, n, new_tokens, start='\n'):
+    """sample.py printed n samples of a character model of TEXT: start and new_tokens characters of TEXT's each."""
+    texts = samples(stdout)
+    return len(texts) == n and all(t.startswith(start) and len(t) == len(start) + new_tokens and set(t) <= set(TEXT)
+                                   for t in texts)
 
 
 def one_line_error(p, expected):

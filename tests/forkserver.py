@@ -2,8 +2,8 @@
 A Python process that imports torch and the libraries the scripts use once, then runs each script
 asked of it in a child forked from itself: `python script.py args` (or `python -m module args`, as
 torchrun's agent is started) as a user runs it (its own cwd, environment, argv, sys.path, the
-caller's stdin, stdout and stderr, the interpreter's own exit), without paying the interpreter's
-start and torch's import again. Libraries read some variables once, at import (huggingface_hub's
+caller's stdin, stdout and stderr, its exit handlers at the end, its exit status), without paying
+the interpreter's start and torch's import again. Libraries read some variables once, at import (huggingface_hub's
 HF_HOME and HF_HUB_OFFLINE, tqdm's TQDM_*): a request whose environment differs from the server's
 in any variable but those read at run time (AT_RUN_TIME) gets a fresh interpreter instead, exec'd
 in the child. The tests ask through start() below; torchrun's workers through tests/forkclient.py.
@@ -11,6 +11,7 @@ Requests come on a Unix socket, any number at once: a JSON request {cwd, env, ar
 file descriptors; the answer is the child's pid, then its exit status.
 $ python tests/forkserver.py SOCKET_PATH
 """
+import atexit
 import json
 import os
 import re
@@ -26,6 +27,18 @@ import sys
 AT_RUN_TIME = re.compile(r'FORKSERVER|NANOGPT_\w+|TORCHELASTIC_\w+|(LOCAL_|GROUP_|ROLE_)?(RANK|WORLD_SIZE)|ROLE_NAME'
                          r'|MASTER_(ADDR|PORT)|(TORCH_)?NCCL_ASYNC_ERROR_HANDLING|OMP_NUM_THREADS')
 SERVER_ENV = dict(os.environ)  # as the libraries below saw it when they were imported
+exit_code = 0  # the script's, for exit_at_last
+
+
+def exit_at_last():
+    """
+    Registered by the server before it imports anything else, so in a script's process it runs after
+    every exit handler the script and its libraries registered: the process then ends as the script
+    did, without tearing down the heap it shares with the server, which touches (and copies) every page.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def forkable(env):
@@ -92,6 +105,8 @@ def run_script(request):
             tb = tb.tb_next
         sys.excepthook(type(e), e, tb)  # (a script may have set its own hook)
         code = 1
+    global exit_code
+    exit_code = code
     raise SystemExit(code)  # out through the server's frames: the interpreter exits as the script's would
 
 
@@ -128,6 +143,7 @@ def supervise(conn):
 
 
 def main(path):
+    atexit.register(exit_at_last)
     import warnings
     import numpy  # noqa: F401
     import torch  # noqa: F401

@@ -2,7 +2,7 @@
 GPU checks, deselected by default so that the CPU suite reports nothing skipped. On a machine with
 a CUDA GPU: python -m pytest -m cuda
 A tiny model trains on CUDA with bfloat16 autocast, with float16 and its gradient scaler, and with
-torch.compile, then samples there; DDP runs over NCCL (one process per GPU, up to two); FSDP
+torch.compile, then samples there; DDP in two processes (NCCL over two GPUs, else gloo on one); FSDP
 trains with bfloat16 and torch.compile, resumes and samples; every model option with Muon (its
 Newton-Schulz in bfloat16 there) trains compiled, resumes and samples past block_size;
 eval.py scores HellaSwag on CUDA as it does on the CPU; bfloat16 and int8 weights (quantize.py)
@@ -35,21 +35,25 @@ def test_train_and_sample_on_cuda(repo, dtype, compile):
     assert sample.count('---------------') == 2
 
 
-def test_ddp_over_nccl_matches_one_process(repo):
-    n = min(2, torch.cuda.device_count())
+def two_processes():
+    """torchrun's arguments for two processes on this machine's GPUs: NCCL on two, else gloo sharing the one."""
+    return [] if torch.cuda.device_count() >= 2 else ['--device=cuda:0', '--backend=gloo']
+
+
+def test_ddp_on_cuda_matches_one_process(repo):
     args = [*CUDA, '--dtype=float32', '--gradient_accumulation_steps=2', '--max_iters=8', '--eval_interval=8']
     one = iter_losses(run(repo, 'train.py', *args, '--out_dir=one').stdout)
-    ddp = run(repo, 'torchrun', '--standalone', f'--nproc_per_node={n}', 'train.py', *args, '--out_dir=ddp').stdout
+    ddp = run(repo, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *args, *two_processes(),
+              '--out_dir=ddp').stdout
     assert 'device: cuda:0' in ddp
     many = iter_losses(ddp)
     assert sorted(many) == list(range(9)) and max(abs(one[i] - many[i]) for i in one) < 1e-3
 
 
 def test_fsdp_on_cuda_with_bfloat16_and_compile_resumes_and_samples(repo):
-    n = min(2, torch.cuda.device_count())
     args = [*CUDA, '--dtype=bfloat16', '--compile=True', '--parallelism=fsdp', '--gradient_accumulation_steps=2',
-            '--eval_interval=20']
-    torchrun = ['torchrun', '--standalone', f'--nproc_per_node={n}', 'train.py']
+            '--eval_interval=20', *two_processes()]
+    torchrun = ['torchrun', '--standalone', '--nproc_per_node=2', 'train.py']
     out = run(repo, *torchrun, *args, '--max_iters=20', '--out_dir=fsdp', timeout=600).stdout
     assert 'dtype: bfloat16, FSDP' in out
     losses = iter_losses(out)

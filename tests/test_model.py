@@ -24,6 +24,11 @@ def test_crop_block_size_and_generate_past_it():
     assert model.config.block_size == 8 and model.transformer.wpe.weight.shape == (8, 16)
     out = model.generate(torch.zeros(2, 3, dtype=torch.long), max_new_tokens=12, top_k=5)
     assert out.shape == (2, 15) and out.max() < 11
+    # past the cropped context, each token is the likeliest after the last 8 (nanoGPT's generate, spelled out)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    for _ in range(12):
+        idx = torch.cat([idx, model(idx[:, -8:])[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(model.generate(torch.zeros(2, 3, dtype=torch.long), 12, temperature=0), idx)
 
 
 def test_optimizer_decays_matrices_only():

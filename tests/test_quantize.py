@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from conftest import run
+from conftest import char_samples_ok, run
 from model import GPT, GPTConfig
 from loading import reduce_weights
 from quantize import LowPrecisionLinear, _matvec, for_inference, matvec_kernel
@@ -60,8 +60,8 @@ def test_int8_decoding_kernel_is_exact_where_it_builds():
         w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
         s = torch.rand(out_features).to(torch.bfloat16)
         want = (x.double() @ w.double().t()) * s.double()
-        if matvec is not None:
-            assert torch.allclose(matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
+        assert matvec is not None  # a CPU with a C++ compiler (every machine here) builds it
+        assert torch.allclose(matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
         assert torch.allclose(_matvec(x, w, s).double(), want, rtol=1e-5, atol=1e-3)
 
 
@@ -69,6 +69,6 @@ def test_sample_with_each_weight_dtype_and_a_bad_one(trained):
     for weight_dtype in ('bfloat16', 'int8'):
         out = run(trained, 'sample.py', '--out_dir=out', f'--weight_dtype={weight_dtype}', '--num_samples=2',
                   '--max_new_tokens=20', '--device=cpu').stdout
-        assert out.count('---------------') == 2
+        assert char_samples_ok(out, 2, 20), out
     p = run(trained, 'sample.py', '--out_dir=out', '--weight_dtype=int4', '--device=cpu', check=False)
     assert p.returncode == 1 and p.stderr.strip() == "error: weight_dtype must be one of float32, bfloat16, int8; got 'int4'"
