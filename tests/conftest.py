@@ -124,21 +124,41 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
+class Plain(subprocess.Popen):
+    """
+    subprocess.Popen(cmd, cwd, env) with stdout and stderr in files, read by communicate as Forked's are:
+    a test that kills it and never reads them leaves no pipe open.
+    """
+
+    def __init__(self, cmd, cwd, env):
+        import tempfile
+        self._dir = tempfile.mkdtemp(prefix='script-')
+        with open(os.devnull) as i, open(os.path.join(self._dir, 'out'), 'w') as o, \
+                open(os.path.join(self._dir, 'err'), 'w') as e:
+            super().__init__(cmd, cwd=cwd, env=env, stdin=i, stdout=o, stderr=e)
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        with open(os.path.join(self._dir, 'out')) as o, open(os.path.join(self._dir, 'err')) as e:
+            out, err = o.read(), e.read()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return out, err
+
+
 def spawn(cwd, *args, env=None):
     """
     Start `python *args` in cwd (a script, or `-m module`; or a torchrun command if args[0] is
     'torchrun') in a child of the fork server, which has imported torch already: a Popen-like
     Forked. Its exit status, stdout and stderr are a process of its own's (tests/forkserver.py);
     torchrun's agent runs there, and each of its workers through tests/forkclient.py. Without the
-    fork server (FORK_SERVER), a subprocess.Popen.
+    fork server (FORK_SERVER), a Plain subprocess.
     """
     if args[0] == 'torchrun':
         script = next(i for i, a in enumerate(args) if a.endswith('.py'))
         client = [os.path.join(REPO, 'tests', 'forkclient.py')] if FORK_SERVER else []
         args = ('-m', 'torch.distributed.run', *args[1:script], *client, *args[script:])
     if not FORK_SERVER:
-        return subprocess.Popen([sys.executable, *args], cwd=cwd, env=script_env(env), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return Plain([sys.executable, *args], cwd, script_env(env))
     return Forked([sys.executable, *args], cwd, script_env(env))
 
 
