@@ -73,7 +73,9 @@ class Adapters:
 
     def saved(self):
         """After a checkpoint is written: the full-precision bases no checkpoint names any more go."""
-        for f in os.listdir(self.out_dir) if self.full_base is not None else []:
+        if self.full_base is None:
+            return
+        for f in os.listdir(self.out_dir):
             if f.startswith('lora_base-') and f != self.settings['full_base']:
                 os.remove(os.path.join(self.out_dir, f))
 

@@ -89,7 +89,6 @@ def update_to_weight(optimizer, before, sharded=False):
     return overall, [(u / w).sqrt() for u, w in zip(updates, weights)]
 
 
-
 class StepHealth:
     """
     The training's health between two log lines: count sees every step's gradient norm (the share clipped at
@@ -115,7 +114,7 @@ class StepHealth:
         elif master:
             update, group_updates = update_to_weight(optimizer, before)
         clipped, self.steps = self.clipped / self.steps, 0
-        self.clipped = torch.zeros_like(self.clipped)
+        self.clipped.zero_()
         if not master:
             return None
         lossf, norm, clipped, update, *group_updates = torch.stack(

@@ -72,6 +72,7 @@ def readline(conn):
 
 def run_script(request):
     """In the forked child: become `python argv...` in cwd with env, run it, and exit as it would."""
+    global exit_code
     os.chdir(request['cwd'])
     if not forkable(request['env']):  # a fresh interpreter, imports and all
         os.execve(sys.executable, [sys.executable, *request['argv']], request['env'])
@@ -105,7 +106,6 @@ def run_script(request):
             tb = tb.tb_next
         sys.excepthook(type(e), e, tb)  # (a script may have set its own hook)
         code = 1
-    global exit_code
     exit_code = code
     raise SystemExit(code)  # out through the server's frames: the interpreter exits as the script's would
 
