@@ -219,18 +219,21 @@ def rss_anon():
         return None
 
 
-class PeakAnonMemory:
+class PeakMemory:
     """
-    with PeakAnonMemory() as m: ... then m.peak is the most anonymous memory the process held during
-    the block, sampled every interval seconds (Linux; None elsewhere). Unlike peak RSS it leaves out
-    memory-mapped weights files, page cache the kernel can drop, and it covers this block only.
+    with PeakMemory(device) as m: ... then m.peak is the most memory the process held during the block: allocated
+    on a CUDA device; elsewhere anonymous memory, sampled every interval seconds (Linux; None elsewhere), which
+    unlike peak RSS leaves out memory-mapped weights files and page cache the kernel can drop.
     """
 
-    def __init__(self, interval=0.0005):
-        self.interval = interval
+    def __init__(self, device=None, interval=0.0005):
+        self.cuda, self.interval = device if device is not None and device.type == 'cuda' else None, interval
 
     def __enter__(self):
         import threading
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.cuda)
+            return self
         self.peak, self._done = rss_anon(), threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         if self.peak is not None:
@@ -242,8 +245,10 @@ class PeakAnonMemory:
             self.peak = max(self.peak, rss_anon())
 
     def __exit__(self, *exc):
-        self._done.set()
-        if self.peak is not None:
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated(self.cuda)
+        elif self.peak is not None:
+            self._done.set()
             self._thread.join()
             self.peak = max(self.peak, rss_anon())
 

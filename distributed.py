@@ -1,6 +1,6 @@
 """
 Distributed runs under torchrun: which process this is, joining its process group (restarts
-included), FSDP2 sharding of the model, and leaving the group at the end.
+included), FSDP2 sharding of the model, what each process holds, and leaving the group at the end.
 """
 
 import os
@@ -62,6 +62,15 @@ def shard_model(model, device, dtype):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
+
+
+def process_share(model, optimizer):
+    """The bytes this process holds of model's weights, their gradients and optimizer's state: under FSDP its
+    shards (DTensors' local parts), else the whole of each."""
+    from torch.distributed.tensor import DTensor
+    local = lambda ts: sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in ts if t is not None)
+    state = (t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    return local(model.parameters()), local(p.grad for p in model.parameters()), local(state)
 
 
 def end_ddp(before_exit=None):

@@ -1,10 +1,15 @@
 """
 Generation: the KV cache GPT.forward takes, the token loop with its controls (temperature, top-k,
-top-p, per-row seeds, a stop token) and the sampling of one token, as gpt-fast keeps them beside its model.
+top-p, per-row seeds, a stop token), the sampling of one token and the timing of generation, as gpt-fast
+keeps them beside its model.
 """
+
+import time
 
 import torch
 from torch.nn import functional as F
+
+from device import synchronize
 
 
 class KVCache:
@@ -116,3 +121,17 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generators=None
         u = torch.cat([torch.rand(1, 1, device=logits.device, generator=g) for g in generators])
     # right=True: the first entry whose cdf exceeds u * total, never a token of probability 0
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=logits.size(-1) - 1)  # (B, 1)
+
+
+def generation_speed(run, x, n, device):
+    """
+    (tokens/s, seconds to the first token) of run(x, k), which generates k tokens after each row of the prompts x
+    (ours or another library's): timed for n tokens, and apart for one (gpt-fast times its generation as well).
+    """
+    def seconds(k):
+        t0 = time.perf_counter()
+        run(x, k)
+        synchronize(device)
+        return time.perf_counter() - t0
+    first = seconds(1)
+    return x.size(0) * n / seconds(n), first

@@ -88,6 +88,23 @@ def model_from_checkpoint(checkpoint, weight_dtype='float32', **overrides):
         die(f"checkpoint weights do not match its model_args: {lines[min(1, len(lines) - 1)].strip()[:200]}")
 
 
+def starting_model(init_from, model_args, dropout=0.0, trust=False):
+    """
+    The GPT a run starts from, unless it resumes: init_from 'scratch' is new weights of model_args (GPTConfig's
+    fields), a file is a checkpoint, anything else a GPT-2 name or a local Hugging Face GPT-2 directory.
+    """
+    try:
+        if init_from == 'scratch':
+            return GPT(GPTConfig(**model_args, dropout=dropout))
+        if os.path.isfile(init_from):
+            print(f"Initializing from the checkpoint {init_from}")
+            return model_from_checkpoint(load_checkpoint(init_from, trust), dropout=dropout)
+        print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
+        return from_pretrained(init_from, dict(dropout=dropout))
+    except (ValueError, OSError) as e:
+        die(str(e))
+
+
 def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
     """
     An eval-mode model to sample or evaluate with, its Linears in weight_dtype, and its tokenizer

@@ -34,8 +34,8 @@ from dataloader import BatchRamp, get_batch, open_split, run_vocab_size, warn_if
 from device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
 from device import return_freed_memory_at_once, setup_device
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
-from loading import from_pretrained, model_from_checkpoint
-from model import GPT, MODEL_OPTIONS, GPTConfig
+from loading import model_from_checkpoint, starting_model
+from model import MODEL_OPTIONS
 from optim import FiniteLosses, StepHealth, optimizer_step, weights_before_step
 from out_dir import ExitOnInterrupt, lock_out_dir
 from report import Report
@@ -187,16 +187,7 @@ def where_interrupted():
 
 
 interrupts = ExitOnInterrupt(where_interrupted if master_process else None)
-if init_from == 'scratch':
-    if meta_vocab_size is None:
-        print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-    try:
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                              vocab_size=meta_vocab_size or 50304, dropout=dropout,
-                              **{k: config[k] for k in MODEL_OPTIONS}))
-    except ValueError as e:
-        die(str(e))
-elif init_from == 'resume':
+if init_from == 'resume':
     print(f"Resuming training from {out_dir}")
     checkpoint = load_checkpoint(ckpt_path, trust_checkpoint)
     model = model_from_checkpoint(checkpoint, dropout=dropout)
@@ -205,15 +196,12 @@ elif init_from == 'resume':
     # the checkpoint decides the model's shape and the LoRA settings; those asked for must agree with it
     lora_rank, lora_alpha, lora_dropout, lora_targets = resume_settings(checkpoint, model.config, config, set_keys,
                                                                         out_dir)
-elif os.path.isfile(init_from):
-    print(f"Initializing from the checkpoint {init_from}")
-    model = model_from_checkpoint(load_checkpoint(init_from, trust_checkpoint), dropout=dropout)
 else:
-    print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
-    try:
-        model = from_pretrained(init_from, dict(dropout=dropout))
-    except (ValueError, OSError) as e:
-        die(str(e))
+    if init_from == 'scratch' and meta_vocab_size is None:
+        print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
+    model = starting_model(init_from, dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                           bias=bias, vocab_size=meta_vocab_size or 50304,
+                                           **{k: config[k] for k in MODEL_OPTIONS}), dropout, trust_checkpoint)
 if fsdp and lora_rank:
     die("LoRA runs under DDP, not FSDP (peft's adapters are not sharded): use --parallelism=ddp")
 # crop down the model block size if desired (model surgery)

@@ -46,8 +46,6 @@ def settings(script):
             break
         if isinstance(node, ast.Assign):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-        if isinstance(node, ast.Expr) and 'script_settings' in ast.unparse(node):  # bench.py takes train.py's
-            names |= settings('train.py')
     return names
 
 

@@ -99,11 +99,11 @@ PEAK_ANON = """
 import sys
 import torch
 import loading
-from device import PeakAnonMemory
+from device import PeakMemory
 from model import GPT, GPTConfig
 with torch.device('meta'):  # the meta device's first use imports ~80 MB of Python: before the baseline
     GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8))
-with PeakAnonMemory() as mem:  # the process's own memory: the memory-mapped file (page cache) is not in it
+with PeakMemory() as mem:  # the process's own memory: the memory-mapped file (page cache) is not in it
     base = mem.peak
     model = loading.from_pretrained(sys.argv[1], weight_dtype=sys.argv[2])
 kept = {t.data_ptr(): t.nbytes for t in model.state_dict().values()}  # a tied weight once
