@@ -4,7 +4,6 @@ Shared fixtures and helpers: a scratch copy of the repository with a tiny charac
 way a user does (python train.py ... from the repo root), and reading what they print and write.
 """
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -30,8 +29,8 @@ if 'NANOGPT_CACHE_DIR' not in os.environ:
 
 # a small model and dataset that train in seconds on a CPU
 TINY = ['--dataset=tiny_char', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4',
-        '--eval_iters=2', '--log_interval=1', '--device=cpu', '--dtype=float32', '--warmup_iters=2', '--lr_decay_iters=20',
-        '--learning_rate=1e-3', '--gradient_accumulation_steps=1']
+        '--eval_iters=2', '--log_interval=1', '--device=cpu', '--dtype=float32', '--warmup_iters=2',
+        '--lr_decay_iters=20', '--learning_rate=1e-3', '--gradient_accumulation_steps=1']
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -88,8 +87,8 @@ class Forked:
         path = _fork_server()
         self._out, self._err = path + f'.{id(self)}.out', path + f'.{id(self)}.err'  # beside the socket
         with open(os.devnull) as i, open(self._out, 'w') as o, open(self._err, 'w') as e:
-            self._conn, self.pid = forkserver.start(path, dict(cwd=os.path.abspath(cwd), env={**env, 'FORKSERVER': path},
-                                                               argv=cmd[1:]), [i.fileno(), o.fileno(), e.fileno()])
+            spec = dict(cwd=os.path.abspath(cwd), env={**env, 'FORKSERVER': path}, argv=cmd[1:])
+            self._conn, self.pid = forkserver.start(path, spec, [i.fileno(), o.fileno(), e.fileno()])
 
     def wait(self, timeout=None):
         import select
@@ -241,7 +240,7 @@ def prepare_dataset(path, name, prepare_from, text=TEXT):
 
 
 def make_repo(path):
-    """A copy of the scripts, configs and data/prepare.py in path, with data/tiny_char prepared (characters) from TEXT."""
+    """A copy of the scripts, configs and data/prepare.py in path, data/tiny_char prepared (characters) from TEXT."""
     for f in SCRIPTS:
         shutil.copy(os.path.join(REPO, f), path)
     shutil.copytree(os.path.join(REPO, 'config'), os.path.join(path, 'config'))

@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forkserver import readline, start  # noqa: E402
 
 conn, pid = start(os.environ['FORKSERVER'], dict(cwd=os.getcwd(), env=dict(os.environ), argv=sys.argv[1:]), [0, 1, 2])
-with open(f"{os.environ['FORKSERVER']}.{os.getpid()}", 'w') as f:  # for a test that kills this worker (conftest.worker_pid)
+# for a test that kills this worker (conftest.worker_pid)
+with open(f"{os.environ['FORKSERVER']}.{os.getpid()}", 'w') as f:
     f.write(str(pid))
 for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda signum, frame: os.kill(pid, signum))

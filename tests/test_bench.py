@@ -12,7 +12,8 @@ import torch
 import device
 from conftest import one_line_error, run
 
-SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4']
+SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
+         '--batch_size=4']
 
 
 def test_bench_synthetic_prints_speed(repo, restore_matmul_precision):
@@ -54,6 +55,8 @@ def test_bench_settings_take_effect_or_are_refused(trained_copy):
                                                                      '(outside torchrun)'),
                           (['--init_from=resume', '--n_layer=4'], "n_layer is init_from's (resume)")):
         one_line_error(run(repo, 'bench.py', *args, *bad, check=False), expected)
+    one_line_error(run(repo, 'bench.py', '--mode=generate', '--device=cpu', '--init_from=nonexistent', check=False),
+                   "'nonexistent' is neither a directory")
 
 
 def test_bench_profiler_prints_a_table_and_writes_a_trace(repo):

@@ -98,7 +98,7 @@ def test_script_reports_without_traceback(repo):
 
 @pytest.mark.parametrize('name', sorted(f for f in os.listdir(os.path.join(REPO, 'config')) if f.endswith('.py')))
 def test_every_config_file_sets_only_settings_of_its_script(name):
-    """Each recipe in config/ goes through configurator.py over its script's own defaults (a misspelt key would exit)."""
+    """Each recipe in config/ goes through configurator.py over its script's defaults (a misspelt key would exit)."""
     script = 'train.py'  # every config file is train.py's, as in nanoGPT
     with open(os.path.join(REPO, script)) as f:
         defaults_section = f.read().split('# ' + '-' * 77)[1]  # the settings between the first two rulers

@@ -38,8 +38,8 @@ BEFORE = {
 def mixed_text(seed, n_words):
     """Text with what tokenizers trip on: runs of blank lines and spaces, tabs, CRLF, accents, CJK, emoji."""
     rng = random.Random(seed)
-    words = ['the', 'Citizen', 'speak', "we'll", "don't", 'café', 'naïve', '日本語', '🙂', '42', '3.14', '--', '...',
-             'First', 'All:', '(x)', 'über', 'THE', "'s", 'a']
+    words = ['the', 'Citizen', 'speak', "we'll", "don't", 'café', 'naïve', '日本語', '🙂', '42', '3.14', '--',
+             '...', 'First', 'All:', '(x)', 'über', 'THE', "'s", 'a']
     seps = [' ', ' ', ' ', ' ', '  ', '\n', '\n\n', '\n\n\n', '\t', ' \n', '\r\n', ', ', '. ']
     return ''.join(rng.choice(words) + rng.choice(seps) for _ in range(n_words))
 
@@ -83,12 +83,14 @@ def test_existing_preparers_write_what_they_wrote_before(tmp_path):
     env = {'HF_HOME': str(tmp_path / 'hf')}
     for key, script, args in (
             ('openwebtext_jsonl', 'openwebtext', [f'--data_files={inputs}/docs.jsonl', '--num_proc=2']),
-            ('openwebtext_txt', 'openwebtext', [f'--data_files={inputs}/txt/*.txt', '--num_proc=1', '--val_fraction=0.2']),
+            ('openwebtext_txt', 'openwebtext',
+             [f'--data_files={inputs}/txt/*.txt', '--num_proc=1', '--val_fraction=0.2']),
             ('fineweb_edu_parquet', 'fineweb_edu', [f'--data_files={inputs}/edu.parquet', '--val_fraction=0.1'])):
         out = tmp_path / 'out' / key
         run(REPO, f'data/{script}/prepare.py', *args, f'--out_dir={out}', env=env)
         assert {k: v for k, v in hashes(out).items() if k.endswith('.bin')} == BEFORE[key], key
-        assert json.loads((out / 'meta.json').read_text()) == {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}
+        meta = json.loads((out / 'meta.json').read_text())
+        assert meta == {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}
 
 
 def test_chunks_cut_where_gpt2_pretokenization_cuts(monkeypatch, tmp_path):

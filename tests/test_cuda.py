@@ -86,7 +86,8 @@ def test_eval_on_cuda_equals_cpu(tmp_path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).save_pretrained(tmp_path / 'gpt2')
     rows = [{'ctx': 'A man is sitting on a roof. He', 'label': 3,
-             'endings': ['is using wrap.', 'is ripping tiles off.', "is holding a cube.", 'starts pulling up roofing.']}] * 4
+             'endings': ['is using wrap.', 'is ripping tiles off.', 'is holding a cube.',
+                         'starts pulling up roofing.']}] * 4
     (tmp_path / 'hs.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     results = {}
     for device in ('cpu', 'cuda'):

@@ -97,7 +97,10 @@ def test_fsdp_checkpoint_resumes_in_any_number_of_processes_and_under_ddp(repo):
         out_dir = f'{name}_{n}'.replace(' ', '_')
         shutil.copytree(os.path.join(repo, source), os.path.join(repo, out_dir))
         more = (parallelism, '--max_iters=8', '--init_from=resume')
-        out = torchrun(n, out_dir, *more) if n > 1 else run(repo, 'train.py', *args, f'--out_dir={out_dir}', *more).stdout
+        if n > 1:
+            out = torchrun(n, out_dir, *more)
+        else:
+            out = run(repo, 'train.py', *args, f'--out_dir={out_dir}', *more).stdout
         resumed = iter_losses(out)
         assert sorted(resumed) == list(range(4, 9)), (name, n, out)
         if (name, n) == ('fsdp', 2):
@@ -107,7 +110,8 @@ def test_fsdp_checkpoint_resumes_in_any_number_of_processes_and_under_ddp(repo):
     a = torch.load(os.path.join(repo, 'straight', 'ckpt.pt'), weights_only=True)['model']
     b = torch.load(os.path.join(repo, 'fsdp_2', 'ckpt.pt'), weights_only=True)['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert glob.glob(os.path.join(repo, 'fsdp_2', 'optimizer-*')) == [os.path.join(repo, 'fsdp_2', 'optimizer-00000008')]
+    optimizer_files = glob.glob(os.path.join(repo, 'fsdp_2', 'optimizer-*'))
+    assert optimizer_files == [os.path.join(repo, 'fsdp_2', 'optimizer-00000008')]
 
 
 def test_kill_9_during_an_fsdp_save_leaves_a_checkpoint_that_resumes(repo):

@@ -28,11 +28,12 @@ HELLASWAG = [
      'label': 2, 'endings': ['rinses the bucket off with soap and blow dry the dog\'s head.',
                              'uses a hose to keep it from getting soapy.', 'gets the dog wet, then it runs away again.',
                              'gets into a bath tub with the dog.']},
-    {'ctx': 'Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.'
-            ' Then', 'label': 1, 'endings': [', the man adds wax to the windshield and cuts it.',
-                                             ', the man continued removing the snow on his car.',
-                                             ', a person board a ski lift, while two men supporting the head of the person.',
-                                             ', a woman holds up a sign.']},
+    {'ctx': 'Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes '
+            'smiles. Then', 'label': 1,
+     'endings': [', the man adds wax to the windshield and cuts it.',
+                 ', the man continued removing the snow on his car.',
+                 ', a person board a ski lift, while two men supporting the head of the person.',
+                 ', a woman holds up a sign.']},
     {'ctx': 'A cartoon animation video is shown with people wandering around and rockets being shot. Two men',
      'label': 0, 'endings': ['fight robots of evil and ends with a to be continued.', 'are then shown in closeups.',
                              'go on to big sharks.', 'are water skiing.']},
@@ -41,9 +42,11 @@ HELLASWAG = [
 ]
 LAMBADA = [
     {'text': 'In my palm is a clear stone, and inside it is a small ivory statuette. A guardian angel. "Figured if '
-             'you\'re going to be out at night getting hit by cars, you might as well have some backup." I look at him'},
-    {'text': 'Give me a minute to change and I\'ll meet you at the docks." She\'d forced those words through her teeth. '
-             '"No need to change. We won\'t be that long." Shane gripped her arm and started leading her to the dock'},
+             'you\'re going to be out at night getting hit by cars, you might as well have some backup." '
+             'I look at him'},
+    {'text': 'Give me a minute to change and I\'ll meet you at the docks." She\'d forced those words through her '
+             'teeth. "No need to change. We won\'t be that long." Shane gripped her arm and started leading her '
+             'to the dock'},
     {'text': 'The cat sat on the mat, and the dog sat on the rug. Every morning the cat looked at the dog and the dog '
              'looked back at the cat'},
     {'text': 'He opened the door and walked out into the rain without an umbrella'},
@@ -78,7 +81,8 @@ def hf_nll(hf, ctx_ids, target_ids):
 
 
 def independent(gpt2_dir, task):
-    """The task's scores on its fixture by transformers' logits: hellaswag (acc, acc_norm), lambada (acc, perplexity)."""
+    """The task's scores on its fixture by transformers' logits: hellaswag (acc, acc_norm), lambada (acc,
+    perplexity)."""
     hf = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
     enc = gpt2_encoding()
     if task == 'hellaswag':

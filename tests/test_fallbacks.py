@@ -99,8 +99,8 @@ def test_scripts_run_without_the_private_apis(trained_copy):
     trained = trained_copy
     with open(f'{trained}/no_private.py', 'w') as f:
         f.write(NO_PRIVATE)
-    args = ['--out_dir=out', '--device=cpu', '--dtype=float32', '--num_samples=1', '--max_new_tokens=12', '--temperature=0',
-            '--start=First Citizen']
+    args = ['--out_dir=out', '--device=cpu', '--dtype=float32', '--num_samples=1', '--max_new_tokens=12',
+            '--temperature=0', '--start=First Citizen']
     users = {'mkldnn': ('float32', 'bfloat16'), 'int8pack': ('int8',), 'inductor': ('int8',),
              ','.join(APIS): ('float32', 'bfloat16', 'int8')}
     for apis, weight_dtypes in users.items():

@@ -82,10 +82,10 @@ def test_sampling_controls_are_seeded_and_bounded(model):
 
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    draws = torch.cat([sample_next(logits, top_p=0.7, generators=[torch.Generator().manual_seed(s)]) for s in range(300)])
-    assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 are cut
-    draws = torch.cat([sample_next(logits, top_p=0.85, generators=[torch.Generator().manual_seed(s)]) for s in range(300)])
-    assert set(draws.flatten().tolist()) == {0, 1, 2}
+    draws = lambda p: torch.cat([sample_next(logits, top_p=p, generators=[torch.Generator().manual_seed(s)])
+                                 for s in range(300)])
+    assert set(draws(0.7).flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 are cut
+    assert set(draws(0.85).flatten().tolist()) == {0, 1, 2}
 
 
 def test_batch_equals_one_by_one(model):

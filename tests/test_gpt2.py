@@ -162,7 +162,8 @@ def bpe_repo(tmp_path_factory):
 
 def test_prepare_shakespeare_bpe(bpe_repo):
     enc = gpt2_encoding()
-    ids = [np.fromfile(os.path.join(bpe_repo, 'data', 'shakespeare', f'{s}.bin'), dtype=np.uint16) for s in ('train', 'val')]
+    ids = [np.fromfile(os.path.join(bpe_repo, 'data', 'shakespeare', f'{s}.bin'), dtype=np.uint16)
+           for s in ('train', 'val')]
     n = len(TEXT)
     assert enc.decode(ids[0].tolist()) == TEXT[:int(n * 0.9)]
     assert enc.decode(ids[1].tolist()) == TEXT[int(n * 0.9):]

@@ -36,7 +36,8 @@ def losses(out_dir):
 
 
 def adapter_model(out_dir):
-    """The model a LoRA checkpoint describes, adapters unmerged: its frozen base (from the optimizer file) and adapters."""
+    """The model a LoRA checkpoint describes, adapters unmerged: its frozen base (from the optimizer file) and
+    adapters."""
     from loading import model_from_checkpoint
     from lora import add_adapters, load_adapters, restore_base
     ckpt = load(out_dir, 'ckpt.pt')
@@ -47,7 +48,8 @@ def adapter_model(out_dir):
 
 
 def test_only_the_adapters_train_and_a_lora_run_resumes_bit_for_bit(trained_copy):
-    common = [*TINY, *LORA, '--eval_interval=5', '--dropout=0.1', '--lora_dropout=0.1', '--gradient_accumulation_steps=2']
+    common = [*TINY, *LORA, '--eval_interval=5', '--dropout=0.1', '--lora_dropout=0.1',
+              '--gradient_accumulation_steps=2']
     straight = run(trained_copy, 'train.py', *common, '--max_iters=10', '--out_dir=straight').stdout
     run(trained_copy, 'train.py', *common, '--max_iters=5', '--out_dir=stopped')
     resumed = run(trained_copy, 'train.py', *common, '--max_iters=10', '--out_dir=stopped', '--init_from=resume').stdout
@@ -72,7 +74,8 @@ def test_only_the_adapters_train_and_a_lora_run_resumes_bit_for_bit(trained_copy
 
 @pytest.fixture(scope='module')
 def two_texts(tmp_path_factory):
-    """A repo copy with a model trained on TEXT (out/) and a second text, TEXT with each line spelled backwards (data/other)."""
+    """A repo copy with a model trained on TEXT (out/) and a second text, TEXT with each line spelled backwards
+    (data/other)."""
     from conftest import make_repo
     path = make_repo(tmp_path_factory.mktemp('two_texts'))
     run(path, 'train.py', *TINY, '--max_iters=30', '--eval_interval=30', '--lr_decay_iters=30', '--learning_rate=1e-2',
@@ -105,8 +108,8 @@ def test_exported_adapter_loads_onto_transformers_gpt2_through_peft(tmp_path, dt
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257, bos_token_id=None,
                                eos_token_id=None)).save_pretrained(os.path.join(path, 'tiny-gpt2'))
     out = run(path, 'train.py', 'config/finetune_shakespeare_lora.py', '--init_from=tiny-gpt2', '--block_size=32',
-              '--max_iters=4', '--eval_interval=4', '--eval_iters=2', '--gradient_accumulation_steps=2', '--batch_size=2',
-              '--learning_rate=1e-2', '--device=cpu', f'--dtype={dtype}', '--out_dir=ft').stdout
+              '--max_iters=4', '--eval_interval=4', '--eval_iters=2', '--gradient_accumulation_steps=2',
+              '--batch_size=2', '--learning_rate=1e-2', '--device=cpu', f'--dtype={dtype}', '--out_dir=ft').stdout
     assert 'saving checkpoint' in out
     out = run(path, 'export.py', '--out_dir=ft', '--adapter=True').stdout
     assert "PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained('tiny-gpt2'), 'ft/adapter')" in out
@@ -162,14 +165,16 @@ def test_activation_checkpointing_under_torchrun_leaves_the_losses(repo, paralle
 def test_lora_under_ddp_gives_one_process_losses(trained_copy):
     common = [*TINY, *LORA, '--eval_interval=4', '--max_iters=6', '--gradient_accumulation_steps=2']
     one = run(trained_copy, 'train.py', *common, '--out_dir=one').stdout
-    two = run(trained_copy, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *common, '--out_dir=two').stdout
+    two = run(trained_copy, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *common,
+              '--out_dir=two').stdout
     assert iter_losses(one) == iter_losses(two) and len(iter_losses(one)) == 7
     run(trained_copy, 'torchrun', '--standalone', '--nproc_per_node=2', 'train.py', *common, '--max_iters=8',
         '--out_dir=two', '--init_from=resume')
 
 
 def test_bad_lora_settings_are_one_line(trained_copy):
-    p = run(trained_copy, 'train.py', *TINY, *LORA, '--lora_targets=nothing_here', '--max_iters=1', '--out_dir=x', check=False)
+    p = run(trained_copy, 'train.py', *TINY, *LORA, '--lora_targets=nothing_here', '--max_iters=1', '--out_dir=x',
+            check=False)
     one_line_error(p, "lora_targets 'nothing_here'")
     p = run(trained_copy, 'train.py', *TINY, '--init_from=resume', '--out_dir=out', '--lora_rank=4', check=False)
     one_line_error(p, "has lora_rank=0, but lora_rank=4 was asked (to LoRA-finetune it, use --init_from=out/ckpt.pt")

@@ -1,9 +1,10 @@
 """
 A run that reports itself: the training's health (gradient norm, share of steps clipped, update size,
 tokens/s, peak memory) and progress on each log line (after nanoGPT's own text), in metrics.jsonl
-and in wandb, checked against an independent computation; a summary at the end, sample.py's progress bar on stderr, and exported files with the same permissions
-as checkpoints (out_dir/metrics.jsonl is checked in test_train.py's resume test, a summary without a
-checkpoint in test_reliability.py). Run: python -m pytest tests/test_report.py
+and in wandb, checked against an independent computation; a summary at the end, sample.py's progress
+bar on stderr, and exported files with the same permissions as checkpoints (out_dir/metrics.jsonl is
+checked in test_train.py's resume test, a summary without a checkpoint in test_reliability.py).
+Run: python -m pytest tests/test_report.py
 """
 import glob
 import json
@@ -25,8 +26,8 @@ def test_log_lines_show_progress_and_time_left(repo):
     assert all(re.fullmatch(r'(\d+h\d\dm|\d+m\d\ds|\d+s)', left) for _, _, left in lines)
     assert lines[-1][2] == '0s'
     summary = out.strip().splitlines()[-2:]
-    assert re.fullmatch(r'training done: 21 iterations \(iter 0 to 20\) in (\d+h\d\dm|\d+m\d\ds|\d+s), best val loss [\d.]+ at iter 20',
-                        summary[0]), summary
+    assert re.fullmatch(r'training done: 21 iterations \(iter 0 to 20\) in (\d+h\d\dm|\d+m\d\ds|\d+s), '
+                        r'best val loss [\d.]+ at iter 20', summary[0]), summary
     assert summary[1] == 'checkpoint: out/ckpt.pt (iter 20); sample from it with: python sample.py --out_dir=out'
 
 

@@ -40,7 +40,8 @@ def test_out_of_memory_in_sampling_is_one_line(trained):
     p = run(trained, '-c', LIMITED, 'sample.py', '--out_dir=out', '--num_samples=10000000', '--max_new_tokens=2',
             '--device=cpu', '--dtype=float32', check=False)
     assert p.returncode == 1 and 'Traceback' not in p.stderr, p.stderr  # after the progress bar, one line:
-    assert p.stderr.strip().splitlines()[-1].startswith('error: out of memory (CPU); lower num_samples or max_new_tokens')
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: out of memory (CPU); lower num_samples or max_new_tokens'), last
 
 
 def test_freed_activations_go_back_to_the_os_at_once():
@@ -123,8 +124,8 @@ def test_full_disk_at_a_checkpoint_leaves_the_previous_one(trained_copy, small_d
 
 
 def test_full_disk_at_exports_and_eval_results_is_one_line_and_leaves_no_partial_file(trained_copy, small_disk):
-    run(trained_copy, 'train.py', *TINY, '--init_from=out/ckpt.pt', '--lora_rank=4', '--max_iters=2', '--eval_interval=2',
-        '--out_dir=lora')
+    run(trained_copy, 'train.py', *TINY, '--init_from=out/ckpt.pt', '--lora_rank=4', '--max_iters=2',
+        '--eval_interval=2', '--out_dir=lora')
     disk = small_disk(64 * 1024)
     fill(disk)
     for args, path in ((['export.py', '--out_dir=out', f'--export_dir={disk}/hf'], f'{disk}/hf'),
@@ -137,8 +138,8 @@ def test_full_disk_at_exports_and_eval_results_is_one_line_and_leaves_no_partial
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(gpt2)
     with open(lambada, 'w') as f:
         f.write('{"text": "First Citizen: speak, speak"}\n')
-    p = run(trained_copy, 'eval.py', f'--init_from={gpt2}', '--task=lambada', f'--data_file={lambada}', f'--out_dir={disk}',
-            '--device=cpu', '--dtype=float32', check=False)
+    p = run(trained_copy, 'eval.py', f'--init_from={gpt2}', '--task=lambada', f'--data_file={lambada}',
+            f'--out_dir={disk}', '--device=cpu', '--dtype=float32', check=False)
     one_line_error(p, f'no space left on device writing {disk}/eval_lambada.json')
     assert not leftovers(disk)
 

@@ -77,7 +77,8 @@ def test_a_route_spells_out_attention_over_its_keys_only(restore_matmul_precisio
     autotune.Route('float32', 'default', 128).apply(model)
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    counted = lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', counted)
     with torch.no_grad():
         model(torch.zeros(1, 64, dtype=torch.long))
         assert not calls  # short: spelled out
