@@ -242,10 +242,7 @@ def bench_train():
 
 def bench_generate():
     tmp = tempfile.TemporaryDirectory()
-    try:
-        source, hf_dir, about = generation_source(init_from, out_dir, trust_checkpoint, model_args, seed, tmp.name)
-    except ValueError as e:  # neither a directory nor a GPT-2 name, or no network
-        die(str(e))
+    source, hf_dir, about = generation_source(init_from, out_dir, trust_checkpoint, model_args, seed, tmp.name)
     load = lambda wd: load_model(source, out_dir, trust_checkpoint, wd)[0].to(device)
     speed_table(load, hf_dir, about, [num_samples] if num_samples else [1, 8], weight_dtypes, max_new_tokens, repeats,
                 no_cache, seed, device, dtype, ctx)

@@ -18,6 +18,7 @@ from loading import load_model
 from model import GPT
 from quantize import for_inference, weight_bytes
 from tasks import token_losses
+from util import die
 
 
 def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
@@ -40,8 +41,13 @@ def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
         except ValueError as e:
             print(f"no transformers row: {e}")
             return 'resume', None, out_dir
+    if os.path.isdir(init_from):
+        return init_from, init_from, init_from
     import hf_gpt2
-    return init_from, init_from if os.path.isdir(init_from) else hf_gpt2.hub_snapshot(init_from), init_from
+    try:
+        return init_from, hf_gpt2.hub_snapshot(init_from), init_from
+    except ValueError as e:  # not a GPT-2 name, or no network: as load_model says it
+        die(str(e))
 
 
 def speed_table(load, hf_dir, about, batch_sizes, weight_dtypes, n, repeats, no_cache, seed, device, dtype, ctx):

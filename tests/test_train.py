@@ -78,8 +78,8 @@ def test_resume_is_exact(repo):
     logged = [(r['iter'], round(r['val_loss'], 4)) for r in ma if 'val_loss' in r]
     assert logged == [(int(i), float(v)) for i, v in evals]
     timed = ('time_ms', 'time_s', 'mfu', 'tokens_per_s', 'peak_mem_mb')
-    untimed = lambda rs: [{k: v for k, v in r.items() if k not in timed}
-                          for r in rs]  # the health values too: the gradient norms and step sizes are exact
+    # the health values too: the gradient norms and step sizes are exact
+    untimed = lambda rs: [{k: v for k, v in r.items() if k not in timed} for r in rs]
     assert untimed(mb) == untimed(ma) and [r['iter'] for r in mb if 'loss' in r] == list(range(16))
 
 
