@@ -188,9 +188,12 @@ def probe_shape(config, batch_size, block_size):
 
 
 def probe_block(config, B, T):
-    """One block of the run's model (its width and options) and a (B, T) input for it."""
+    """One block of the run's model (its width and options) and a (B, T) input for it, drawn from generators of
+    their own: a measurement leaves the run's random stream as it found it, so a run is the same probed or not."""
     from model import GPT
-    probe = GPT(replace(config, n_layer=1, vocab_size=64, block_size=T, dropout=0.0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        probe = GPT(replace(config, n_layer=1, vocab_size=64, block_size=T, dropout=0.0))
     x = torch.randn(B, T, config.n_embd, generator=torch.Generator().manual_seed(0))
     return probe, x
 

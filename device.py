@@ -3,6 +3,8 @@ The device a script runs on: its choice, the dtype and autocast, torch.compile, 
 that MFU is measured against, memory meters and bandwidth. (On CPUs, autotune.py measures the speed choices.)
 """
 
+import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -50,22 +52,30 @@ def _cpu_flags():
     return set(_cpuinfo('flags').split())
 
 
+def native_bfloat16(device):
+    """Whether a CUDA GPU computes bfloat16 in hardware (compute capability 8.0, Ampere, and up): torch's
+    is_bf16_supported() also counts the emulation older cards run, several times slower than their float16."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def pick_dtype(device, dtype='auto'):
     """
-    'auto': bfloat16 on CUDA cards that have it, else float16 (with a GradScaler); float32 on MPS,
+    'auto': bfloat16 on CUDA GPUs that have it natively, else float16 (with a GradScaler); float32 on MPS,
     where autocast is still patchy, and on CPUs, where training measures whether bfloat16 is faster
     at its shapes (autotune.choose_cpu_route: it depends on the CPU and the shapes both).
     """
     kind = device.type
     if dtype == 'auto':
         if kind == 'cuda':
-            return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+            return 'bfloat16' if native_bfloat16(device) else 'float16'
         return 'float32'
     if dtype not in ('float32', 'bfloat16', 'float16'):
         die(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
     if dtype == 'bfloat16':
-        if kind == 'cuda' and not torch.cuda.is_bf16_supported():
-            die(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 (try --dtype=float16)")
+        if kind == 'cuda' and not native_bfloat16(device):
+            die(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 units "
+                f"(compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}): "
+                f"use --dtype=float16")
         flags = _cpu_flags()
         if kind == 'cpu' and flags and not flags & {'avx512_bf16', 'amx_bf16'}:
             die("bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)")
@@ -114,9 +124,10 @@ def setup_device(device='auto', dtype='auto', local_rank=0):
 
 def maybe_compile(model, compile, device, mode=None):
     """
-    torch.compile the model when asked, or by default (compile=None) on CUDA, the one place it pays
-    off (on CPUs compiling costs more than it saves for these models). Where it cannot work it
-    falls back to eager with a one-line warning instead of failing.
+    torch.compile the model (a module, or a function such as a module's forward) as one graph, when asked or by
+    default (compile=None) on CUDA, the one place it pays off (on CPUs compiling costs more than it saves for
+    these models). A model that does not compile as one graph (a graph break) or at all runs eagerly, said in one
+    warning line when its call fails to compile; no process-wide compiler setting is changed.
     """
     if compile is None:
         compile = device.type == 'cuda' and sys.platform != 'win32'
@@ -128,40 +139,93 @@ def maybe_compile(model, compile, device, mode=None):
     if device.type == 'cuda' and importlib.util.find_spec('triton') is None:
         print("warning: torch.compile needs triton, which is not installed; running uncompiled", file=sys.stderr)
         return model
-    try:  # a graph that fails to compile runs eagerly (a private setting: without it, such a graph fails)
-        import torch._dynamo
-        torch._dynamo.config.suppress_errors = True
-    except (ImportError, AttributeError):
-        pass
     print("compiling the model... (takes a ~minute)")
     try:
-        return torch.compile(model, mode=None if mode in (None, 'default') else mode)
+        compiled = torch.compile(model, mode=None if mode in (None, 'default') else mode, fullgraph=True)
     except Exception as e:
         print(f"warning: torch.compile failed ({type(e).__name__}); running uncompiled", file=sys.stderr)
         return model
+    call = compiled_or_eager(compiled, model)
+    return CompiledModule(model, call) if isinstance(model, torch.nn.Module) else call
+
+
+def compiled_or_eager(compiled, eager):
+    """A function that calls compiled, until a call fails to compile (Dynamo's and Inductor's errors, whose
+    modules say so): from then on eager, with one warning line that says so and why."""
+    failed = False
+
+    def call(*args, **kwargs):
+        nonlocal failed
+        if not failed:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:
+                if not type(e).__module__.startswith(('torch._dynamo', 'torch._inductor')):
+                    raise
+                failed = True
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+                reason = ' '.join(lines[:2]) if lines[0].endswith(':') and len(lines) > 1 else lines[0]  # 'raised:'
+                where = re.findall(r'File "([^"]+)", line (\d+)', str(e))  # the user's code it stopped at
+                at = f" at {os.path.basename(where[-1][0])}:{where[-1][1]}" if where else ""
+                print(f"warning: torch.compile cannot compile the model as one graph ({reason[:160]}{at}); the whole "
+                      f"model runs eagerly, uncompiled", file=sys.stderr)
+        return eager(*args, **kwargs)
+    return call
+
+
+class CompiledModule(torch.nn.Module):
+    """A module whose calls go through call (compiled_or_eager's); the module itself is its one child, named as
+    torch.compile's own wrapper names it, so its state_dict reads like a compiled nanoGPT model's."""
+
+    def __init__(self, module, call):
+        super().__init__()
+        self._orig_mod, self.call = module, call
+
+    def forward(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
 
 
 # -----------------------------------------------------------------------------
 # speed and memory: the peak FLOP/s that MFU is measured against, and what the process holds
 
-# dense peak FLOP/s of known GPUs, by substring of torch.cuda.get_device_name(): (name, bfloat16/float16
-# tensor cores, float32 with TF32, which setup_device allows; V100 and T4 have no TF32: plain float32)
-PEAK_FLOPS = [
-    ('H200', 989e12, 494e12), ('H100 PCIe', 756e12, 378e12), ('H100', 989e12, 494e12), ('A100', 312e12, 156e12),
-    ('L40S', 362e12, 181e12), ('L4', 121e12, 60e12), ('A10', 125e12, 62.5e12), ('V100', 125e12, 15.7e12),
-    ('T4', 65e12, 8.1e12),
-]
+# dense peak FLOP/s of NVIDIA GPUs by model: (bfloat16/float16 on tensor cores, accumulating in float32 as PyTorch
+# does, which GeForce cards, the L40 and the A10G run at half their float16-accumulate rate; float32 as TF32, which
+# setup_device allows: V100 and T4 have none, so their plain float32), from NVIDIA's datasheets and whitepapers
+PEAK_FLOPS = {
+    'B200': (2250e12, 1125e12), 'H200': (989e12, 494e12), 'H200 NVL': (835e12, 418e12), 'GH200': (989e12, 494e12),
+    'H100': (989e12, 494e12), 'H100 PCIE': (756e12, 378e12), 'H100 NVL': (835e12, 418e12),
+    'A100': (312e12, 156e12), 'A100 PCIE': (312e12, 156e12), 'L40S': (362e12, 183e12), 'L40': (181e12, 90.5e12),
+    'L4': (121e12, 60e12), 'A10': (125e12, 62.5e12), 'A10G': (70e12, 35e12), 'RTX 3090': (71e12, 35.6e12),
+    'RTX 4090': (165.2e12, 82.6e12), 'RTX 5090': (209.5e12, 104.8e12), 'RTX A6000': (154.8e12, 77.4e12),
+    'RTX 6000 ADA': (364.2e12, 182.1e12), 'V100': (125e12, 15.7e12), 'V100 PCIE': (112e12, 14e12),
+    'T4': (65e12, 8.1e12),
+}
+# the words of a device name that are not its model: the brand, and its memory and socket
+_NOT_MODEL = re.compile(r'NVIDIA|GEFORCE|TESLA|GENERATION|\d+GB|HBM\d*E?|SXM\d*')
+
+
+def gpu_model(name):
+    """The model a torch.cuda.get_device_name() names, as PEAK_FLOPS keys them: 'NVIDIA A100-SXM4-80GB' is 'A100',
+    'NVIDIA A100 80GB PCIe' 'A100 PCIE', 'NVIDIA GeForce RTX 4090' 'RTX 4090'."""
+    return ' '.join(w for w in re.split(r'[\s_-]+', name.upper()) if w and not _NOT_MODEL.fullmatch(w))
 
 
 def peak_flops(device, dtype, configured=0.0):
-    """The peak FLOP/s to measure MFU against: the configured one, else a known GPU's for dtype, else None."""
+    """
+    The peak FLOP/s to measure MFU against: the configured one, else the GPU model's for dtype (its name matched
+    whole: an L40 is not an L4), else None, said in one line on stderr for a GPU the table does not know.
+    """
     if configured:
         return configured
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-        row = next((row for row in PEAK_FLOPS if row[0] in name), None)
-        return row and row[2 if dtype == 'float32' else 1]
-    return None
+    if device.type != 'cuda':
+        return None
+    name = torch.cuda.get_device_name(device)
+    row = PEAK_FLOPS.get(gpu_model(name))
+    if row is None:
+        print(f"warning: no peak FLOP/s known for {name}: mfu n/a (set --peak_flops=<its dense {dtype} FLOP/s>)",
+              file=sys.stderr)
+        return None
+    return row[1 if dtype == 'float32' else 0]
 
 
 def synchronize(device):
@@ -178,7 +242,7 @@ def measured_matmul_flops(device, dtype, n=2048, repeat=5):
     knows (CPUs, MPS), the rate their BLAS reaches on large, easy shapes (a spec sheet's is higher).
     """
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    a, b = torch.randn(2, n, n, device=device).to(ptdtype)
+    a, b = torch.randn(2, n, n, generator=torch.Generator().manual_seed(0)).to(device, ptdtype)  # not the run's stream
     best = float('inf')
     for _ in range(repeat + 1):  # the first warms up
         synchronize(device)

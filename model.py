@@ -293,12 +293,10 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT (scripts: loading.py)."""
-        import hf_gpt2  # Hugging Face's format alone: it imports nothing of ours
-        args, weights = hf_gpt2.read_pretrained(name_or_dir, override_args)
-        model, weights = cls(GPTConfig(**args)), dict(weights)
-        model.load_state_dict({**weights, 'lm_head.weight': weights['transformer.wte.weight']})  # tied
-        return model
+        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT, through the scripts'
+        loader (loading.py), which reads the weights into the model as they are: one copy in memory."""
+        from loading import from_pretrained
+        return from_pretrained(name_or_dir, override_args)
 
     def save_pretrained(self, directory, vocab_size=None):
         """This model as a Hugging Face GPT-2 directory that transformers loads: see hf_gpt2.py."""
@@ -332,11 +330,22 @@ class GPT(nn.Module):
             return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward and backward), PaLM paper appendix B."""
-        N = self.get_num_params()
-        cfg = self.config
-        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        """
+        Training FLOPs per token of a forward and backward pass over block_size tokens, as the step does them:
+        per matmul weight, 2 forward, 2 for its input's gradient (unless nothing before it trains) and 2 for its
+        own (if it trains: frozen weights cost 4, not 6); attention's two products 4TC forward and twice that
+        backward (PaLM appendix B's 12LHQT); a tied head once; no FLOPs for embedding lookups; activation
+        checkpointing's recomputation not counted (the usual convention for MFU).
+        """
+        T, flops, flowing = self.config.block_size, 0, False  # flowing: gradients flow back to this point
+        for m in self.modules():  # in the order the forward meets them (LoRA's Linears included)
+            if isinstance(m, CausalSelfAttention):
+                grad = flowing or any(p.requires_grad for p in m.c_attn.parameters())
+                flops += 4 * T * m.n_embd * (1 + 2 * grad)
+            elif isinstance(m, nn.Linear):
+                flops += 2 * m.weight.numel() * (1 + flowing + m.weight.requires_grad)
+            flowing = flowing or any(p.requires_grad for p in m.parameters(recurse=False))
+        return flops
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilization: achieved FLOP/s over peak_flops (None if the peak is unknown)."""

@@ -50,12 +50,13 @@ class MuonAdamW(torch.optim.Optimizer):
     def __init__(self, groups, lr, betas, momentum=0.95, eps=1e-8):
         super().__init__(groups, dict(lr=lr, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0, muon=False))
         self._adamw = None  # made at the first step that has AdamW parameters
+        self.update_squares = {}  # group index -> the sum of squares of its last Muon update (this process's part)
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             if group['muon']:
-                self._muon(group)
+                self.update_squares[i] = self._muon(group)
         groups = [g for g in self.param_groups if not g['muon'] and g['params']]
         if groups:
             if self._adamw is None:
@@ -81,10 +82,15 @@ class MuonAdamW(torch.optim.Optimizer):
             if hasattr(update, 'full_tensor'):  # an FSDP shard: orthogonalize the whole matrix
                 update = update.full_tensor()
             updates.setdefault(tuple(update.shape), []).append((p, update))
+        square = torch.zeros(())  # of the whole update, for the training's health (optim.update_to_weight)
         for (rows, cols), pairs in updates.items():
             stack = torch.stack([u for _, u in pairs])
             ortho = orthogonalize(stack, torch.bfloat16 if stack.device.type == 'cuda' else torch.float32)
+            scale, parts = lr * max(1, rows / cols) ** 0.5, []
             for (p, _), o in zip(pairs, ortho):
                 if hasattr(p, 'device_mesh'):  # back to this process's shard
                     o = torch.distributed.tensor.distribute_tensor(o, p.device_mesh, p.placements)
-                p.add_(o, alpha=-lr * max(1, rows / cols) ** 0.5)
+                p.add_(o, alpha=-scale)
+                parts.append(o.to_local() if hasattr(o, 'to_local') else o)
+            square = square + torch.nn.utils.get_total_norm(parts).float().square() * scale ** 2
+        return square

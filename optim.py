@@ -63,56 +63,80 @@ def optimizer_step(model, optimizer, scaler, grad_clip, measure=False):
     return norm
 
 
-def weights_before_step(optimizer):
-    """A copy of the weights each parameter group holds (this process's shards), for update_to_weight."""
-    return [[_local(p).detach().clone() for p in group['params']] for group in optimizer.param_groups]
-
-
-def update_to_weight(optimizer, before, sharded=False):
+def _adamw_update_square(p, state, group):
     """
-    How far the last step moved the weights: the RMS of the update over the RMS of the weights,
-    overall and per parameter group, as tensors on the device. before is the groups' weights as
-    copied just before the step (weights_before_step), and is used up. ~1e-3 is the usual healthy
-    size for AdamW. sharded (FSDP): the sums of squares are added up over all processes, which
-    must all call this.
+    The sum of squares of the update torch's AdamW made to p at its last step, from what it holds after it (its
+    moments, step count and settings; no copy of the weights): w <- w (1 - lr wd) - lr m^ / (sqrt(v^) + eps), so
+    the update is -(lr wd w_new + lr m^ / (sqrt(v^) + eps)) / (1 - lr wd). One temporary the size of p.
+    """
+    if 'exp_avg' not in state:
+        return torch.zeros(())
+    lr, wd, eps, (beta1, beta2), step = float(group['lr']), group['weight_decay'], group['eps'], group['betas'], \
+        state['step']
+    v = state['max_exp_avg_sq'] if group.get('amsgrad') else state['exp_avg_sq']
+    d = _local(v).sqrt().div_((1 - beta2 ** step).sqrt()).add_(eps).reciprocal_().mul_(_local(state['exp_avg']))
+    d.mul_(lr / (1 - beta1 ** step)).add_(_local(p).detach(), alpha=lr * wd)
+    return torch.linalg.vector_norm(d, dtype=torch.float32).square() / (1 - lr * wd) ** 2
+
+
+def update_to_weight(optimizer, skipped=None, sharded=False):
+    """
+    How far the last step moved the weights: the RMS of the update over the RMS of the weights (after the
+    step), overall and per parameter group, as tensors on the device, from what the optimizer holds after its
+    step, one parameter at a time: AdamW's update follows from its state (_adamw_update_square), Muon's is
+    recorded by MuonAdamW as it steps. No copy of the weights is made, and the gradients are freed by then: the
+    step's peak memory stays as it is. skipped: a boolean tensor, true where float16's gradient scaler skipped
+    the step (no update). ~1e-3 is the usual healthy size for AdamW. sharded (FSDP): the sums of squares are
+    added up over all processes, which must all call this.
     """
     updates, weights = [], []
-    for group, old in zip(optimizer.param_groups, before):
-        weights.append(torch.nn.utils.get_total_norm(old).float().square())
-        diffs = [o.sub_(_local(p).detach()) for p, o in zip(group['params'], old)]  # in place: old is ours
-        updates.append(torch.nn.utils.get_total_norm(diffs).float().square())
+    for i, group in enumerate(optimizer.param_groups):
+        params = group['params']
+        device = params[0].device if params else torch.device('cpu')
+        weights.append(torch.nn.utils.get_total_norm([_local(p).detach() for p in params]).float().square()
+                       if params else torch.zeros((), device=device))
+        if group.get('muon'):
+            update = optimizer.update_squares.get(i, torch.zeros(()))
+        else:
+            update = sum((_adamw_update_square(p, optimizer.state[p], group) for p in params), torch.zeros(()))
+        updates.append(update.to(device))
+    sums = torch.stack(updates + weights)
+    if skipped is not None:
+        sums[:len(updates)] *= ~skipped
     if sharded:
-        sums = torch.stack(updates + weights)
         dist.all_reduce(sums)
-        updates, weights = list(sums[:len(updates)]), list(sums[len(updates):])
-    overall = (sum(updates) / sum(weights)).sqrt()
-    return overall, [(u / w).sqrt() for u, w in zip(updates, weights)]
+    updates, weights = sums[:len(updates)], sums[len(updates):]
+    return (updates.sum() / weights.sum()).sqrt(), list((updates / weights).sqrt())
 
 
 class StepHealth:
     """
     The training's health between two log lines: count sees every step's gradient norm (the share clipped at
     grad_clip), read gives the last iteration's loss (the mean over processes under DDP), its gradient norm, that
-    share (None without clipping) and its step's update size (update_to_weight of before), overall and per group:
-    read from the device at once, one sync, as floats on the master process (None elsewhere). Every process calls it.
+    share (None without clipping) and its step's update size (update_to_weight), overall and per group: read from
+    the device at once, one sync, as floats on the master process (None elsewhere). Every process calls it, after
+    optimizer_step(..., measure=True); scaler is the run's gradient scaler (float16's skips a step it finds
+    overflowed, and the gradient norm is then not finite).
     """
 
-    def __init__(self, device, grad_clip):
+    def __init__(self, device, grad_clip, scaler=None):
         self.grad_clip, self.clipped, self.steps = grad_clip, torch.zeros((), device=device), 0
+        self.scaled = scaler is not None and scaler.is_enabled()
 
     def count(self, grad_norm):
         if self.grad_clip != 0.0:
             self.clipped += grad_norm > self.grad_clip
         self.steps += 1
 
-    def read(self, optimizer, before, loss, grad_norm, ddp, fsdp, master):
+    def read(self, optimizer, loss, grad_norm, ddp, fsdp, master):
         if ddp:
             dist.all_reduce(loss)
             loss /= dist.get_world_size()
+        skipped = ~grad_norm.isfinite() if self.scaled else None
         if fsdp:  # the weights are sharded: every process adds its part of the update's size
-            update, group_updates = update_to_weight(optimizer, before, sharded=True)
+            update, group_updates = update_to_weight(optimizer, skipped, sharded=True)
         elif master:
-            update, group_updates = update_to_weight(optimizer, before)
+            update, group_updates = update_to_weight(optimizer, skipped)
         clipped, self.steps = self.clipped / self.steps, 0
         self.clipped.zero_()
         if not master:

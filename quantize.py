@@ -84,7 +84,8 @@ def onednn_packing(dtype):
     """
     if not torch.backends.mkldnn.is_available():
         return False
-    x, w = torch.randn(3, 16).to(dtype), torch.randn(8, 16).to(dtype)
+    g = torch.Generator().manual_seed(0)  # (not the run's random stream)
+    x, w = torch.randn(3, 16, generator=g).to(dtype), torch.randn(8, 16, generator=g).to(dtype)
     try:
         if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False  # no bfloat16 units: nothing to gain
@@ -119,9 +120,10 @@ def _int8_mm_private(x, weight, scales):
 @functools.cache
 def _int8_mm_private_works(device_type):
     """Whether torch._weight_int8pack_mm exists and computes _int8_mm_public."""
-    x = torch.randn(2, 32, device=device_type).to(torch.bfloat16)
-    w = torch.randint(-127, 128, (8, 32), dtype=torch.int8, device=device_type)
-    s = torch.rand(8, device=device_type).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)  # (not the run's random stream)
+    x = torch.randn(2, 32, generator=g).to(device_type, torch.bfloat16)
+    w = torch.randint(-127, 128, (8, 32), dtype=torch.int8, generator=g).to(device_type)
+    s = torch.rand(8, generator=g).to(device_type, torch.bfloat16)
     try:
         got = _int8_mm_private(x, w, s)
     except Exception as e:

@@ -36,7 +36,7 @@ from device import return_freed_memory_at_once, setup_device
 from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
 from loading import model_from_checkpoint, starting_model
 from model import MODEL_OPTIONS
-from optim import FiniteLosses, StepHealth, optimizer_step, weights_before_step
+from optim import FiniteLosses, StepHealth, optimizer_step
 from out_dir import ExitOnInterrupt, lock_out_dir
 from report import Report
 from tokenizer import read_meta
@@ -251,7 +251,7 @@ raw_model = model
 model = maybe_compile(model, compile, device)
 if ddp and not fsdp:
     model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
-peak = find_peak_flops(device, dtype, peak_flops)
+peak = find_peak_flops(device, dtype, peak_flops) if master_process else None  # MFU is the master's to report
 
 
 @torch.no_grad()
@@ -294,7 +294,7 @@ t0 = time.time()
 local_iter_num = 0  # number of iterations in the lifetime of this process
 best_iter = None  # the iteration of best_val_loss, when this process saw it
 tokens_seen = ramp.tokens_before(iter_num)  # the batch ramp and the schedule that follows it count tokens
-health = StepHealth(device, grad_clip)  # the gradient norms since the last log line
+health = StepHealth(device, grad_clip, scaler)  # the gradient norms since the last log line
 while True:
 
     # determine and set the learning rate for this iteration (in full batches of tokens, with a ramp)
@@ -349,11 +349,9 @@ while True:
             scaler.scale(loss).backward()
         loss_accum += loss.detach()
     losses_seen.add(iter_num, loss_accum)
-    # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients; at a log
-    # iteration the weights from before the step are kept, to measure the step's size
+    # clip the gradient, step the optimizer (and the fp16 scaler), flush the gradients
     log_now = iter_num % log_interval == 0
-    before = weights_before_step(opt) if log_now and (master_process or fsdp) else None
-    grad_norm = optimizer_step(model, opt, scaler, grad_clip, measure=before is not None)  # before clipping
+    grad_norm = optimizer_step(model, opt, scaler, grad_clip, measure=log_now)  # before clipping
     health.count(grad_norm)
     batch_tokens = n_micro * ramp.micro_tokens
     tokens_seen += batch_tokens
@@ -365,7 +363,7 @@ while True:
     if log_now:
         losses_seen.check()
         # the loss and the training's health, read from the device at once (one sync, only every log_interval)
-        figures = health.read(opt, before, loss_accum, grad_norm, ddp, fsdp, master_process)
+        figures = health.read(opt, loss_accum, grad_norm, ddp, fsdp, master_process)
         if master_process:
             report.step(iter_num, local_iter_num, dt, lr, figures, batch_tokens,
                         raw_model.estimate_mfu(batch_size * n_micro, dt, peak), peak_memory(device))

@@ -4,6 +4,7 @@ Shared fixtures and helpers: a scratch copy of the repository with a tiny charac
 way a user does (python train.py ... from the repo root), and reading what they print and write.
 """
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -201,6 +202,12 @@ def run(cwd, *args, env=None, timeout=240, check=True):
 def iter_losses(stdout):
     """{iteration: loss} of the log lines in a train.py output."""
     return {int(i): float(l) for i, l in re.findall(r'^iter (\d+): loss ([\d.]+), time [\d.]+ms, mfu ', stdout, re.M)}
+
+
+def losses(out_dir):
+    """Every loss a run recorded in out_dir/metrics.jsonl, training and evaluation, in full precision."""
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        return [(r['iter'], r.get('loss'), r.get('val_loss')) for r in map(json.loads, f)]
 
 
 def samples(stdout):

@@ -2,19 +2,22 @@
 The speed choices made by measurement (autotune.py): the race picks the faster candidate from injected
 timings and refuses one whose numbers differ from its reference's; its choice is cached on disk and
 used again; train.py states its choice in one line, uses the cache on a second run, takes a forced
-dtype, and a resume keeps the choices its checkpoint recorded even with the cache gone.
+dtype, and a resume keeps the choices its checkpoint recorded even with the cache gone; a run gives the same
+losses, bit for bit, whether it probed or read the cache, straight or resumed (full model and LoRA): the probe
+draws nothing from the run's random stream.
 Timings are injected or whatever the machine gives: no test asserts a wall time.
 Run: python -m pytest tests/test_autotune.py
 """
 import json
 import os
+import re
 
 import pytest
 import torch
 
 import autotune
 from autotune import Route
-from conftest import TINY, run
+from conftest import TINY, iter_losses, losses, run
 from model import GPT, GPTConfig
 
 
@@ -67,8 +70,11 @@ def test_training_route_race_over_real_blocks(cache_dir, restore_matmul_precisio
                      'bfloat16, attention spelled out']
     times = dict(zip(names, (3.0, 2.0, 1.5, 1.0)))
     lines = []
+    torch.manual_seed(0)
+    stream = torch.get_rng_state()
     route = autotune.choose_cpu_route(config, 4, 16, 'auto', 1e15, log=lines.append, timer=injected(times))
     assert route == Route('bfloat16', 'default', 128) and 'measured' in lines[-1]
+    assert torch.equal(torch.get_rng_state(), stream)  # the probe's block drew nothing from the run's stream
     forced = autotune.choose_cpu_route(config, 4, 16, 'float32', 1e15, log=lines.append, timer=injected(times))
     assert forced == Route('float32', 'default', 128)  # bfloat16 not raced: float32 was asked
     assert autotune.choose_cpu_route(config, 4, 16, 'auto', 1e15, probe=False) == Route('float32')
@@ -138,3 +144,21 @@ def test_route_apply_tells_the_model(restore_matmul_precision):
     assert model.config.spelled_out_keys == 128
     Route('bfloat16', 'default', 0).apply(model)
     assert model.config.spelled_out_keys == 0
+
+
+@pytest.mark.parametrize('lora', [False, True], ids=['full', 'lora'])
+def test_a_run_is_the_same_whether_it_probed_or_not(trained_copy, tmp_path, lora):
+    """The same command, with the choices cache empty (the probe runs) and then filled (stopped at iter 10 and
+    resumed), gives the same losses bit for bit: LoRA's adapters are drawn after the probe. 32 micro-steps per
+    iteration make the run long enough to be probed."""
+    env = {'NANOGPT_CACHE_DIR': str(tmp_path / 'cache')}
+    common = [*TINY, '--gradient_accumulation_steps=32', '--eval_interval=10', '--dropout=0.1', '--eval_iters=1']
+    common += ['--init_from=out/ckpt.pt', '--lora_rank=4', '--learning_rate=1e-2'] if lora else []
+    probed = run(trained_copy, 'train.py', *common, '--max_iters=20', '--out_dir=probed', env=env).stdout
+    assert re.search(r'^speed choices: .*measured\)$', probed, re.M), probed
+    stopped = run(trained_copy, 'train.py', *common, '--max_iters=10', '--out_dir=cached', env=env).stdout
+    assert 'cached in' in stopped
+    resumed = run(trained_copy, 'train.py', *common, '--max_iters=20', '--out_dir=cached', '--init_from=resume',
+                  env=env).stdout
+    assert losses(os.path.join(trained_copy, 'probed')) == losses(os.path.join(trained_copy, 'cached'))
+    assert iter_losses(resumed) == {i: l for i, l in iter_losses(probed).items() if i >= 10}

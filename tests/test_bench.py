@@ -1,6 +1,7 @@
 """
 bench.py on CPU: synthetic and real data, any config file, the profiler, and the memory mode (DDP vs
-FSDP; full finetuning, LoRA and activation checkpointing measured).
+FSDP; full finetuning, LoRA and activation checkpointing measured); the peak FLOP/s MFU is measured against, for
+each GPU model by its exact name, and the dtype 'auto' picks on CUDA by compute capability (both faked on CPU).
 Run: python -m pytest tests/test_bench.py
 """
 import os
@@ -65,17 +66,60 @@ def test_bench_profiler_prints_a_table_and_writes_a_trace(repo):
     assert os.listdir(os.path.join(repo, 'bench_log'))
 
 
-def test_peak_flops_of_known_gpus_by_dtype(monkeypatch):
+# (torch.cuda.get_device_name(), the model's bfloat16 peak, its TF32 peak): one case per row of the table, the
+# names as the cards report them, and the names a substring match mistook for another card's
+GPU_NAMES = [
+    ('NVIDIA B200', 2250e12, 1125e12), ('NVIDIA H200', 989e12, 494e12), ('NVIDIA H200 NVL', 835e12, 418e12),
+    ('NVIDIA GH200 480GB', 989e12, 494e12), ('NVIDIA H100 80GB HBM3', 989e12, 494e12),
+    ('NVIDIA H100 PCIe', 756e12, 378e12), ('NVIDIA H100 NVL', 835e12, 418e12),
+    ('NVIDIA A100-SXM4-80GB', 312e12, 156e12), ('NVIDIA A100 80GB PCIe', 312e12, 156e12),
+    ('NVIDIA L40S', 362e12, 183e12), ('NVIDIA L40', 181e12, 90.5e12), ('NVIDIA L4', 121e12, 60e12),
+    ('NVIDIA A10', 125e12, 62.5e12), ('NVIDIA A10G', 70e12, 35e12), ('NVIDIA GeForce RTX 3090', 71e12, 35.6e12),
+    ('NVIDIA GeForce RTX 4090', 165.2e12, 82.6e12), ('NVIDIA GeForce RTX 5090', 209.5e12, 104.8e12),
+    ('NVIDIA RTX A6000', 154.8e12, 77.4e12), ('NVIDIA RTX 6000 Ada Generation', 364.2e12, 182.1e12),
+    ('Tesla V100-SXM2-16GB', 125e12, 15.7e12), ('Tesla V100-PCIE-32GB', 112e12, 14e12), ('Tesla T4', 65e12, 8.1e12),
+]
+
+
+@pytest.mark.parametrize('name,half,tf32', GPU_NAMES, ids=[n for n, _, _ in GPU_NAMES])
+def test_peak_flops_of_each_gpu_model_by_dtype(monkeypatch, name, half, tf32):
     GPU = torch.device('cuda:0')
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 80GB HBM3')
-    assert device.peak_flops(GPU, 'bfloat16') == 989e12
-    assert device.peak_flops(GPU, 'float32') == 494e12  # TF32
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: name)
+    assert device.peak_flops(GPU, 'bfloat16') == device.peak_flops(GPU, 'float16') == half
+    assert device.peak_flops(GPU, 'float32') == tf32
     assert device.peak_flops(GPU, 'bfloat16', configured=5e14) == 5e14
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'NVIDIA H100 PCIe')
-    assert device.peak_flops(GPU, 'float16') == 756e12
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: 'Some Future GPU')
-    assert device.peak_flops(GPU, 'bfloat16') is None
+
+
+def test_an_unknown_gpu_has_no_peak_and_says_so_once(monkeypatch, capsys):
+    GPU = torch.device('cuda:0')
+    for name in ('Some Future GPU', 'NVIDIA H800', 'NVIDIA GeForce RTX 4090 D', 'NVIDIA A100X'):
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device: name)
+        assert device.peak_flops(GPU, 'bfloat16') is None
+        err = capsys.readouterr().err
+        assert err == f"warning: no peak FLOP/s known for {name}: mfu n/a (set --peak_flops=<its dense bfloat16 " \
+                      f"FLOP/s>)\n"
     assert device.peak_flops(torch.device('cpu'), 'float32') is None  # bench.py measures a CPU instead
+    assert capsys.readouterr().err == ''
+
+
+@pytest.mark.parametrize('capability,auto', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
+                                             ((8, 9), 'bfloat16'), ((9, 0), 'bfloat16'), ((12, 0), 'bfloat16')])
+def test_auto_dtype_on_cuda_is_bfloat16_only_where_native(monkeypatch, capsys, capability, auto):
+    """A V100 (7.0) or T4 (7.5) gets float16, though torch's is_bf16_supported() counts their emulated bfloat16."""
+    GPU = torch.device('cuda:0')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Tesla T4')
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)
+    assert device.pick_dtype(GPU, 'auto') == auto
+    assert device.pick_dtype(GPU, 'float16') == 'float16'
+    if auto == 'float16':
+        with pytest.raises(SystemExit) as e:
+            device.pick_dtype(GPU, 'bfloat16')
+        assert e.value.code == 1 and capsys.readouterr().err == (
+            f"error: bfloat16 asked for, but Tesla T4 has no bfloat16 units (compute capability {capability[0]}."
+            f"{capability[1]}): use --dtype=float16\n")
+    else:
+        assert device.pick_dtype(GPU, 'bfloat16') == 'bfloat16'
 
 
 def test_bench_memory_fsdp_holds_half_of_ddp_per_process(repo):

@@ -1,7 +1,6 @@
 """
 The private torch APIs behind the speed paths (quantize.py: oneDNN's packed Linear, the int8
-weight-only kernel, Inductor's compile of the int8 decoding kernel; device.py: Dynamo's
-suppress_errors), each made unavailable as a torch release that dropped or changed it would: the
+weight-only kernel, Inductor's compile of the int8 decoding kernel), each made unavailable as a torch release that dropped or changed it would: the
 public fallback computes the same logits, and train.py and sample.py (every weight_dtype) still
 run, with at most one warning line.
 Run: python -m pytest tests/test_fallbacks.py
@@ -116,22 +115,3 @@ def test_scripts_run_without_the_private_apis(trained_copy):
     p = run(trained, 'no_private.py', ','.join(APIS), 'train.py', *train, '--out_dir=bare')
     assert iter_losses(p.stdout) == iter_losses(plain) and len(iter_losses(plain)) == 5
 
-
-def test_compile_without_dynamos_suppress_errors(monkeypatch, capfd):
-    """maybe_compile sets a private Dynamo setting where it exists; without it, it compiles all the same."""
-    import torch._dynamo
-    from device import maybe_compile
-    torch.manual_seed(0)
-    model, x = torch.nn.Linear(8, 4), torch.randn(3, 8)
-    config = type(torch._dynamo.config)
-    setting = config.__setattr__
-
-    def dropped(self, name, value):  # as in a torch without the setting: assigning it fails
-        if name == 'suppress_errors':
-            raise AttributeError(f"{self.__name__}.{name} does not exist")
-        setting(self, name, value)
-    with monkeypatch.context() as m:
-        m.setattr(config, '__setattr__', dropped)
-        compiled = maybe_compile(model, True, torch.device('cpu'))
-    assert compiled is not model and torch.allclose(compiled(x), model(x), atol=1e-6)
-    assert 'warning' not in capfd.readouterr().err

@@ -7,7 +7,6 @@ activation checkpointing leaves every loss as it was (alone, with LoRA, under DD
 combinations end in one line. Run: python -m pytest tests/test_lora.py
 """
 import glob
-import json
 import os
 import re
 import warnings
@@ -16,7 +15,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import TEXT, TINY, char_samples_ok, iter_losses, one_line_error, prepare_dataset, run
+from conftest import TEXT, TINY, char_samples_ok, iter_losses, losses, one_line_error, prepare_dataset, run
 
 LORA = ['--init_from=out/ckpt.pt', '--lora_rank=4', '--learning_rate=1e-2']
 
@@ -27,12 +26,6 @@ def load(*path):
 
 def optimizer_file(out_dir):
     return load(glob.glob(os.path.join(out_dir, 'optimizer-*.pt'))[0])
-
-
-def losses(out_dir):
-    """Every loss a run recorded, training and evaluation, in full precision."""
-    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
-        return [(r['iter'], r.get('loss'), r.get('val_loss')) for r in map(json.loads, f)]
 
 
 def adapter_model(out_dir):

@@ -1,9 +1,12 @@
 """
 model.py on its own: last-position logits at inference, block-size surgery, optimizer groups,
-MFU and generation (GPT-2 exactness is in test_gpt2.py). Run: python -m pytest tests/test_model.py
+MFU and the FLOPs it counts (held against PyTorch's FlopCounterMode for every option, tied and untied
+heads, LoRA and activation checkpointing) and generation (GPT-2 exactness is in test_gpt2.py).
+Run: python -m pytest tests/test_model.py
 """
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from model import GPT, GPTConfig
 
@@ -46,6 +49,35 @@ def test_mfu_against_a_peak_or_none():
     assert model.estimate_mfu(4, 0.01, None) is None
     flops = model.flops_per_token() * 8 * 4 / 0.01
     assert model.estimate_mfu(4, 0.01, 2 * flops) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize('options', [{}, dict(tie_weights=False), dict(bias=False), dict(activation='gelu_tanh'),
+                                     dict(activation='relu2'), dict(pos_encoding='rotary'), dict(pos_encoding='alibi'),
+                                     dict(qk_norm=True), dict(norm='rmsnorm'), dict(zero_init_proj=True),
+                                     dict(logit_softcap=15.0), dict(lora=True), dict(lora=True, tie_weights=False),
+                                     dict(activation_checkpointing=True)], ids=repr)
+def test_flops_per_token_are_the_steps_own(options):
+    """flops_per_token against FlopCounterMode over one forward and backward: the head once, tied or not, no
+    FLOPs for embedding lookups, frozen weights (LoRA) at forward plus input-gradient cost, and activation
+    checkpointing's recomputation left out. (Attention spelled out as matmuls: the counter has no formula for
+    the CPU's fused attention kernel.)"""
+    options = dict(options)
+    lora, checkpointed = options.pop('lora', False), options.pop('activation_checkpointing', False)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=64, block_size=32, vocab_size=97, spelled_out_keys=32, **options))
+    if lora:
+        from lora import add_adapters, lora_settings
+        add_adapters(model, lora_settings(4, 16, 0.0, 'c_attn,c_proj,c_fc'))
+    x = torch.randint(0, 97, (2, 32))
+
+    def counted():
+        with FlopCounterMode(display=False) as counter:
+            model(x, x)[1].backward()
+        return counter.get_total_flops() / x.numel()
+    assert model.flops_per_token() == pytest.approx(counted(), rel=0.03)
+    if checkpointed:  # the counter sees the recomputed forward; MFU's model FLOPs do not change
+        model.config.activation_checkpointing = True
+        assert counted() > 1.2 * model.flops_per_token()
 
 
 def test_checkpoint_args_are_nanogpts_seven():

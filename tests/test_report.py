@@ -71,11 +71,12 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
                      torch.device('cpu'))
     optimizer = model.configure_optimizers(0.1, 1e-3 / 3, (0.9, 0.95))  # warmup: lr * (0 + 1) / (2 + 1)
     model(X, Y)[1].backward()
-    before = optim.weights_before_step(optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
     norm = optim.optimizer_step(model, optimizer, torch.amp.GradScaler('cpu', enabled=False), 0.5)
-    update, _ = optim.update_to_weight(optimizer, before)
+    update = torch.stack([(p - b).square().sum() for p, b in zip(model.parameters(), before)]).sum() / \
+        torch.stack([p.square().sum() for p in model.parameters()]).sum()
     assert float(lines[0][2]) == pytest.approx(norm.item(), abs=2e-3)
-    assert float(lines[0][4]) == pytest.approx(update.item(), rel=1e-2)
+    assert float(lines[0][4]) == pytest.approx(update.sqrt().item(), rel=1e-2)
     # the same values in the run's record and in wandb (offline)
     with open(os.path.join(repo, 'out', 'metrics.jsonl')) as f:
         logged = [r for r in map(json.loads, f) if 'loss' in r]
@@ -88,3 +89,65 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
     for key in ('grad_norm', 'clipped', 'update_to_weight', 'update_to_weight/group0', 'update_to_weight/group1',
                 'tokens_per_s', 'batch_tokens', 'peak_mem_mb'):
         assert f'health/{key}'.encode() in record, key
+
+
+def stepped(model, optimizer, x, measure, scaler=None):
+    """One training step of model on x (its output's mean square), as train.py takes it; with measure, the
+    update's size as its log lines read it."""
+    import optim
+    scaler = scaler or torch.amp.GradScaler('cpu', enabled=False)
+    scaler.scale(model(x).square().mean()).backward()
+    norm = optim.optimizer_step(model, optimizer, scaler, 0.0, measure=measure)
+    if measure:
+        health = optim.StepHealth(torch.device('cpu'), 0.0, scaler)
+        health.count(norm)
+        return health.read(optimizer, torch.zeros(()), norm, False, False, True)
+
+
+@pytest.mark.parametrize('kind', ['adamw', 'adamw unfused', 'muon'])
+def test_update_size_is_the_steps_own(kind):
+    """The update-to-weight ratio read from the optimizer after its step (no copy of the weights) equals the one
+    measured against a copy, overall and per group, step after step: AdamW fused or not, with weight decay, and
+    MuonAdamW's Muon and AdamW groups; a step float16's gradient scaler skips has none."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=40))
+    forward = model.forward
+    model.forward = lambda x: forward(x, x)[1]
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'muon' if kind == 'muon' else 'adamw')
+    if kind == 'adamw unfused':
+        optimizer = torch.optim.AdamW(optimizer.param_groups, lr=1e-2, betas=(0.9, 0.95))
+    x = torch.randint(0, 40, (4, 8))
+    for step in range(4):
+        before = [[p.detach().clone() for p in g['params']] for g in optimizer.param_groups]
+        figures = stepped(model, optimizer, x, measure=True)
+        groups = [(sum((p - b).square().sum() for p, b in zip(g['params'], old)), sum(p.square().sum()
+                                                                                      for p in g['params']))
+                  for g, old in zip(optimizer.param_groups, before)]
+        assert figures['update_to_weight'] == pytest.approx((sum(u for u, _ in groups) / sum(w for _, w in groups))
+                                                            .sqrt().item(), rel=1e-3)
+        assert figures['group_updates'] == pytest.approx([(u / w).sqrt().item() for u, w in groups], rel=1e-3)
+        assert figures['update_to_weight'] > 1e-4
+    # an overflowed float16 step: the scaler skips it, and the weights do not move
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 100)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.transformer.wte.weight.register_hook(lambda g: g * float('inf'))
+    figures = stepped(model, optimizer, x, measure=True, scaler=scaler)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert figures['update_to_weight'] == 0 and figures['group_updates'] == [0] * len(optimizer.param_groups)
+
+
+def test_measuring_the_update_holds_no_copy_of_the_weights():
+    """A step that measures its update peaks no higher than one that does not: nothing like a copy of the weights
+    (here 48 MiB of them) is made."""
+    from device import PeakMemory
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024, bias=False) for _ in range(12)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    x, weights = torch.randn(2, 1024), sum(p.nbytes for p in model.parameters())
+    peaks = {}
+    for measure in (False, True, False, True):  # the first two warm up (AdamW's state, the allocator's pools)
+        with PeakMemory() as memory:
+            stepped(model, optimizer, x, measure)
+        peaks[measure] = memory.peak
+    assert peaks[True] - peaks[False] < 0.25 * weights
