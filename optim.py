@@ -63,20 +63,24 @@ def optimizer_step(model, optimizer, scaler, grad_clip, measure=False):
     return norm
 
 
-def _adamw_update_square(p, state, group):
+def _adamw_update_norm(p, state, group):
     """
-    The sum of squares of the update torch's AdamW made to p at its last step, from what it holds after it (its
-    moments, step count and settings; no copy of the weights): w <- w (1 - lr wd) - lr m^ / (sqrt(v^) + eps), so
-    the update is -(lr wd w_new + lr m^ / (sqrt(v^) + eps)) / (1 - lr wd). One temporary the size of p.
+    The norm of the update torch's AdamW made to p at its last step, from what it holds after it (its moments,
+    step count and settings; no copy of the weights). The step is w <- w (1 - lr wd) - lr m^ / (sqrt(v^) + eps),
+    with m^ = m / (1 - b1^t) and v^ = v / (1 - b2^t), so the update is -(lr wd w_new + lr m^ / (sqrt(v^) + eps)) /
+    (1 - lr wd), and m^ / (sqrt(v^) + eps) = sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps sqrt(1 - b2^t)): a
+    few operations on temporaries the size of p.
     """
-    if 'exp_avg' not in state:
-        return torch.zeros(())
     lr, wd, eps, (beta1, beta2), step = float(group['lr']), group['weight_decay'], group['eps'], group['betas'], \
-        state['step']
+        float(_local(state['step']))
     v = state['max_exp_avg_sq'] if group.get('amsgrad') else state['exp_avg_sq']
-    d = _local(v).sqrt().div_((1 - beta2 ** step).sqrt()).add_(eps).reciprocal_().mul_(_local(state['exp_avg']))
-    d.mul_(lr / (1 - beta1 ** step)).add_(_local(p).detach(), alpha=lr * wd)
-    return torch.linalg.vector_norm(d, dtype=torch.float32).square() / (1 - lr * wd) ** 2
+    c2 = math.sqrt(1 - beta2 ** step)
+    scale = lr * c2 / (1 - beta1 ** step)  # of m / (sqrt(v) + eps c2)
+    denominator = _local(v).sqrt().add_(eps * c2)
+    if wd:
+        update = torch.addcdiv(_local(p).detach(), _local(state['exp_avg']), denominator, value=scale / (lr * wd))
+        return torch.linalg.vector_norm(update, dtype=torch.float32) * (lr * wd / (1 - lr * wd))
+    return torch.linalg.vector_norm(_local(state['exp_avg']) / denominator, dtype=torch.float32) * scale
 
 
 def update_to_weight(optimizer, skipped=None, sharded=False):
@@ -98,7 +102,8 @@ def update_to_weight(optimizer, skipped=None, sharded=False):
         if group.get('muon'):
             update = optimizer.update_squares.get(i, torch.zeros(()))
         else:
-            update = sum((_adamw_update_square(p, optimizer.state[p], group) for p in params), torch.zeros(()))
+            norms = [_adamw_update_norm(p, optimizer.state[p], group) for p in params if 'exp_avg' in optimizer.state[p]]
+            update = torch.stack(norms).square().sum() if norms else torch.zeros(())
         updates.append(update.to(device))
     sums = torch.stack(updates + weights)
     if skipped is not None:
