@@ -102,7 +102,8 @@ def update_to_weight(optimizer, skipped=None, sharded=False):
         if group.get('muon'):
             update = optimizer.update_squares.get(i, torch.zeros(()))
         else:
-            norms = [_adamw_update_norm(p, optimizer.state[p], group) for p in params if 'exp_avg' in optimizer.state[p]]
+            norms = [_adamw_update_norm(p, optimizer.state[p], group) for p in params
+                     if 'exp_avg' in optimizer.state[p]]
             update = torch.stack(norms).square().sum() if norms else torch.zeros(())
         updates.append(update.to(device))
     sums = torch.stack(updates + weights)

@@ -1,8 +1,8 @@
 """
 The private torch APIs behind the speed paths (quantize.py: oneDNN's packed Linear, the int8
-weight-only kernel, Inductor's compile of the int8 decoding kernel), each made unavailable as a torch release that dropped or changed it would: the
-public fallback computes the same logits, and train.py and sample.py (every weight_dtype) still
-run, with at most one warning line.
+weight-only kernel, Inductor's compile of the int8 decoding kernel), each made unavailable as a torch
+release that dropped or changed it would: the public fallback computes the same logits, and train.py
+and sample.py (every weight_dtype) still run, with at most one warning line.
 Run: python -m pytest tests/test_fallbacks.py
 """
 import copy
