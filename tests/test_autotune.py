@@ -152,7 +152,8 @@ def test_a_run_is_the_same_whether_it_probed_or_not(trained_copy, tmp_path, lora
     resumed), gives the same losses bit for bit: LoRA's adapters are drawn after the probe. 32 micro-steps per
     iteration make the run long enough to be probed."""
     env = {'NANOGPT_CACHE_DIR': str(tmp_path / 'cache')}
-    common = [*TINY, '--gradient_accumulation_steps=32', '--eval_interval=10', '--dropout=0.1', '--eval_iters=1']
+    common = [*TINY, '--batch_size=1', '--gradient_accumulation_steps=32', '--eval_interval=10', '--dropout=0.1',
+              '--eval_iters=1']
     common += ['--init_from=out/ckpt.pt', '--lora_rank=4', '--learning_rate=1e-2'] if lora else []
     probed = run(trained_copy, 'train.py', *common, '--max_iters=20', '--out_dir=probed', env=env).stdout
     assert re.search(r'^speed choices: .*measured\)$', probed, re.M), probed
