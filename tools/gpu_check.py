@@ -176,8 +176,9 @@ row('python -m pytest -m cuda', 300,
 
 name = subprocess.run([PY, '-c', 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() '
                        'else "")'], capture_output=True, text=True, env=ENV).stdout.strip()  # (CUDA in a child only)
-heading = (f"| {name or 'no GPU (dry run on the CPU)'}, torch {importlib.metadata.version('torch')}, "
-           f"{time.strftime('%Y-%m-%d')}, deadline {deadline} s | result | s |\n| --- | --- | --- |")
+name = name or ('no GPU (dry run on the CPU)' if dry_run else 'no GPU')
+heading = (f"| {name}, torch {importlib.metadata.version('torch')}, {time.strftime('%Y-%m-%d')}, deadline {deadline} s "
+           f"| result | s |\n| --- | --- | --- |")
 print(heading, flush=True)
 with open(out, 'a') as f:
     f.write(heading + '\n')
