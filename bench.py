@@ -153,7 +153,8 @@ def trainable(lora, checkpointed, path='scratch'):
         Adapters(model, lora, lora_alpha, lora_dropout, lora_targets, path, dtype)
     model.config.activation_checkpointing = checkpointed
     model.to(device)
-    return model, model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr), \
+    return model, model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer=optimizer,
+                                             muon_lr=muon_lr), \
         torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 
 
@@ -316,7 +317,7 @@ def memory_share():
     model = starting_model('scratch', model_args, dropout).to(device)
     wrapped = shard_model(model, device, dtype) if parallelism == 'fsdp' else \
         DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
+    opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer=optimizer, muon_lr=muon_lr)
     x = torch.randint(model.config.vocab_size, (batch_size, block_size), device=device)
     with ctx:
         _, loss = wrapped(x, x)

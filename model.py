@@ -1,8 +1,8 @@
 """
-Full definition of a GPT language model, all of it in this single file: nanoGPT's, parameter name for
-parameter name (GPT-2's architecture), with the GPT-2 speedruns' options as GPTConfig switches, each off
-by default; with rotary or ALiBi positions a token sees the last block_size tokens (a sliding window).
-Generation (the KV cache and the sampling loop) is in generate.py.
+Full definition of a GPT language model, all of it in this single file: nanoGPT's (GPT-2's architecture),
+name for name, with the GPT-2 speedruns' options as GPTConfig switches, off by default (with rotary or
+ALiBi positions a token sees the last block_size tokens). It needs torch alone: other modules are reached
+from methods.
 """
 
 import math
@@ -13,8 +13,6 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from generate import generate
-
 
 def rotate(x, cos, sin):
     """Rotary positions: each pair of dimensions (i, i + hs/2) of x (B, nh, T, hs) turned by its position's angle."""
@@ -23,8 +21,7 @@ def rotate(x, cos, sin):
 
 
 def alibi_slopes(n_head):
-    """ALiBi's per-head slopes: the geometric series 2^(-8/n), 2^(-16/n), ...; for n not a power of 2, the
-    paper's interleaving."""
+    """ALiBi's per-head slopes 2^(-8/n), 2^(-16/n), ...; for n not a power of 2, the paper's interleaving."""
     def series(n):
         return [2 ** (-8 * (i + 1) / n) for i in range(n)]
     closest = 2 ** math.floor(math.log2(n_head))
@@ -48,10 +45,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache=None, mask=None, rotary=None, spelled_out_keys=0):
         """
-        mask: the (T, keys) boolean or (nh, T, keys) additive mask GPT.forward made, or None: causal
-        among these T tokens, or, for one new token after the cache's, every key the cache holds.
-        rotary: (cos, sin) of the queries' positions, or None.
-        spelled_out_keys: attention over up to this many keys is two matmuls instead of SDPA.
+        mask: GPT.forward's (T, keys) boolean or (nh, T, keys) additive mask, or None: causal, or all the cache
+        holds for one new token. rotary: the queries' (cos, sin), or None. spelled_out_keys: attention over up
+        to this many keys as two matmuls, not SDPA.
         """
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -109,7 +105,7 @@ class MLP(nn.Module):
 
 
 def norm(config):
-    """The normalisation before each sublayer and at the end: GPT-2's LayerNorm or RMSNorm (with a gain)."""
+    """The norm before each sublayer and at the end: GPT-2's LayerNorm or RMSNorm (with a gain)."""
     if config.norm == 'rmsnorm':
         return nn.RMSNorm(config.n_embd, eps=1e-5)
     return nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -126,8 +122,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None, mask=None, rotary=None, spelled_out_keys=0, checkpointed=False):
         if checkpointed and torch.is_grad_enabled():
-            # only x is kept for the backward pass, which recomputes the rest; non-reentrant: the recompute
-            # replays the forward's RNG state, so dropout draws the same masks
+            # only x is kept; the backward recomputes the rest, replaying the RNG state (the same dropout masks)
             return checkpoint(self.sublayers, x, cache, mask, rotary, spelled_out_keys, use_reentrant=False)
         return self.sublayers(x, cache, mask, rotary, spelled_out_keys)
 
@@ -161,15 +156,15 @@ class GPTConfig:
     zero_init_proj: bool = False  # start every projection into the residual stream (and an untied head) at zero
     logit_softcap: float = 0.0  # squash the logits into (-cap, cap) with cap * tanh(logits / cap); 0 = off
     # how it runs, not what it computes (not saved in checkpoints):
-    spelled_out_keys: int = 0  # attention over up to this many keys as two matmuls, not SDPA (autotune.py picks)
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass: less memory
+    spelled_out_keys: int = 0  # attention over up to this many keys as two matmuls, not SDPA (autotune picks)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
 
     def model_args(self):
         """The nanoGPT-compatible part of the config (see MODEL_ARGS)."""
         return {k: getattr(self, k) for k in MODEL_ARGS}
 
     def model_options(self):
-        """The rest, stored beside model_args in checkpoints: the activation, and the options not at their defaults."""
+        """The rest, beside model_args in checkpoints: the activation and the options not at their defaults."""
         return {k: getattr(self, k) for k in MODEL_OPTIONS
                 if k == 'activation' or getattr(self, k) != self.__dataclass_fields__[k].default}
 
@@ -181,11 +176,10 @@ class GPT(nn.Module):
         assert config.vocab_size is not None and config.block_size is not None
         self.config = config
 
-        for name, value, allowed in (('activation', config.activation, ('gelu', 'gelu_tanh', 'relu2')),
-                                     ('pos_encoding', config.pos_encoding, ('learned', 'rotary', 'alibi')),
-                                     ('norm', config.norm, ('layernorm', 'rmsnorm'))):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        for name, allowed in (('activation', ('gelu', 'gelu_tanh', 'relu2')), ('norm', ('layernorm', 'rmsnorm')),
+                              ('pos_encoding', ('learned', 'rotary', 'alibi'))):
+            if getattr(config, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(config, name)!r}")
         if config.pos_encoding == 'rotary' and (config.n_embd // config.n_head) % 2:
             raise ValueError(f"rotary positions need an even head size, got {config.n_embd // config.n_head}")
 
@@ -219,10 +213,7 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(self.lm_head.weight)
 
     def get_num_params(self, non_embedding=True):
-        """
-        Number of parameters. The non-embedding count (default) leaves out the position
-        embeddings; the token embeddings stay in because they double as the lm_head.
-        """
+        """Number of parameters; non_embedding leaves out the position embeddings (wte doubles as lm_head)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding and 'wpe' in self.transformer:
             n_params -= self.transformer.wpe.weight.numel()
@@ -238,10 +229,8 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, cache=None):
         """
-        idx (B, T) token ids -> (logits, loss). With targets (B, T), logits cover every
-        position and loss is the mean cross-entropy (targets of -1 are ignored); without,
-        only the last position's logits are computed (B, 1, vocab) and loss is None.
-        With a KVCache, idx are the tokens after the cache's pos positions (see generate).
+        idx (B, T) -> (logits, loss): with targets (B, T), every position's logits and the mean cross-entropy
+        (-1 ignored); without, the last position's (B, 1, vocab) and None. With a KVCache, idx follow its pos.
         """
         b, t = idx.size()
         start = cache.pos if cache is not None else 0
@@ -254,8 +243,8 @@ class GPT(nn.Module):
         if learned:
             x = x + self.transformer.wpe(pos)  # (T, C) position embeddings
         x = self.transformer.drop(x)
-        # each query sees the keys of the last block_size positions up to its own; mask None says so
-        # where SDPA's causal triangle or "all the cache holds" (one new token) is exactly that
+        # each query sees the last block_size positions up to its own: None where SDPA's causal mask (or all the
+        # cache holds, for one new token) is exactly that
         mask = None
         if self.config.pos_encoding == 'alibi' or (t > 1 and (start > 0 or t > window)):
             keys = cache.key_positions(t, idx.device) if cache is not None else pos  # (S,)
@@ -285,7 +274,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def crop_block_size(self, block_size):
-        """Model surgery: shrink the context, e.g. GPT-2's 1024 down to what a finetune uses."""
+        """Model surgery: shrink the context, e.g. GPT-2's 1024 to a finetune's."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
         if 'wpe' in self.transformer:
@@ -293,8 +282,7 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name (gpt2 ... gpt2-xl) or a local Hugging Face directory, as in nanoGPT, through the scripts'
-        loader (loading.py), which reads the weights into the model as they are: one copy in memory."""
+        """GPT-2 by name or a local Hugging Face directory, as in nanoGPT, read by loading.py (one copy)."""
         from loading import from_pretrained
         return from_pretrained(name_or_dir, override_args)
 
@@ -303,41 +291,28 @@ class GPT(nn.Module):
         import hf_gpt2
         hf_gpt2.save_pretrained(self, directory, vocab_size)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02):
-        """
-        AdamW with weight decay on the matmul and embedding weights only (2D tensors). optimizer='muon': Muon
-        (muon.py, no weight decay) at muon_lr for the matrices inside the blocks, AdamW for the rest; each
-        group's 'lr_scale' is its learning rate over learning_rate, for the schedule to keep.
-        """
-        params = [p for p in self.parameters() if p.requires_grad]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type=None, *, optimizer='adamw',
+                             muon_lr=0.02):
+        """nanoGPT's: AdamW, weight decay on 2D weights only, fused wherever torch has it (device_type is unused);
+        optimizer='muon': Muon at muon_lr for the blocks' matrices, AdamW for the rest (muon.py)."""
         if optimizer == 'muon':
             from muon import MuonAdamW
-            inside = {id(p) for p in self.transformer.h.parameters() if p.dim() == 2}
-            groups = [{'params': [p for p in params if id(p) in inside], 'muon': True, 'lr': muon_lr,
-                       'lr_scale': muon_lr / learning_rate},
-                      {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside],
-                       'weight_decay': weight_decay},
-                      {'params': [p for p in params if p.dim() < 2]}]
-            return MuonAdamW(groups, lr=learning_rate, betas=betas)
+            return MuonAdamW.for_model(self, weight_decay, learning_rate, betas, muon_lr)
+        params = [p for p in self.parameters() if p.requires_grad]
         optim_groups = [
             {'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
             {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0},
         ]
-        # the fused kernel does the whole update in one pass; torch has it for cpu, cuda and mps
-        try:
+        try:  # the fused kernel does the whole update in one pass
             return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True)
         except (RuntimeError, TypeError):
             return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self):
-        """
-        Training FLOPs per token of a forward and backward pass over block_size tokens, as the step does them:
-        per matmul weight, 2 forward, 2 for its input's gradient (unless nothing before it trains) and 2 for its
-        own (if it trains: frozen weights cost 4, not 6); attention's two products 4TC forward and twice that
-        backward (PaLM appendix B's 12LHQT); a tied head once; no FLOPs for embedding lookups; activation
-        checkpointing's recomputation not counted (the usual convention for MFU).
-        """
-        T, flops, flowing = self.config.block_size, 0, False  # flowing: gradients flow back to this point
+        """Training FLOPs per token (forward and backward at block_size) as the step does them: per matmul weight 2,
+        2 more for its input's gradient (if anything before it trains), 2 for its own (if it trains); 12LTC for
+        attention (PaLM's); none for embedding lookups or checkpointing's recomputation."""
+        T, flops, flowing = self.config.block_size, 0, False  # flowing: gradients reach this far
         for m in self.modules():  # in the order the forward meets them (LoRA's Linears included)
             if isinstance(m, CausalSelfAttention):
                 grad = flowing or any(p.requires_grad for p in m.c_attn.parameters())
@@ -347,13 +322,28 @@ class GPT(nn.Module):
             flowing = flowing or any(p.requires_grad for p in m.parameters(recurse=False))
         return flops
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilization: achieved FLOP/s over peak_flops (None if the peak is unknown)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model FLOPs utilization against peak_flops (nanoGPT's A100 figure unless given; None if unknown)."""
         if not peak_flops:
             return None
-        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
-        return flops_per_iter / dt / peak_flops
+        return self.flops_per_token() * self.config.block_size * fwdbwd_per_iter / dt / peak_flops
 
+    @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **controls):
-        """nanoGPT's: idx (B, T) completed by max_new_tokens tokens, (B, T + new); generate.py has the controls."""
-        return generate(self, idx, max_new_tokens, temperature, top_k, **controls)
+        """nanoGPT's: idx (B, T) completed to (B, T + max_new_tokens), by generate.py (a KV cache, more controls),
+        or by nanoGPT's loop where model.py is alone."""
+        try:
+            from generate import generate
+            return generate(self, idx, max_new_tokens, temperature, top_k, **controls)
+        except ModuleNotFoundError as e:
+            if e.name != 'generate' or controls:
+                raise
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[0][:, -1, :]
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            next_id = logits.argmax(-1, keepdim=True) if temperature == 0 else \
+                torch.multinomial(F.softmax(logits / temperature, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx

@@ -52,6 +52,19 @@ class MuonAdamW(torch.optim.Optimizer):
         self._adamw = None  # made at the first step that has AdamW parameters
         self.update_squares = {}  # group index -> the sum of squares of its last Muon update (this process's part)
 
+    @classmethod
+    def for_model(cls, model, weight_decay, learning_rate, betas, muon_lr):
+        """For a GPT (model.configure_optimizers(..., optimizer='muon')): Muon at muon_lr for the matrices inside
+        the blocks, AdamW for the rest (weight decay on its 2D weights); each group's 'lr_scale' is its learning
+        rate over learning_rate, for the schedule to keep."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        inside = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
+        groups = [{'params': [p for p in params if id(p) in inside], 'muon': True, 'lr': muon_lr,
+                   'lr_scale': muon_lr / learning_rate},
+                  {'params': [p for p in params if p.dim() >= 2 and id(p) not in inside], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2]}]
+        return cls(groups, lr=learning_rate, betas=betas)
+
     @torch.no_grad()
     def step(self, closure=None):
         for i, group in enumerate(self.param_groups):

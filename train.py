@@ -240,7 +240,7 @@ if fsdp:
 scaler = torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
 
 # optimizer (the setting 'optimizer' names its kind)
-opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer, muon_lr)
+opt = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), optimizer=optimizer, muon_lr=muon_lr)
 if checkpoint is not None:
     restore_optimizer(out_dir, checkpoint, model, opt, scaler, trust_checkpoint, optimizer_state)
 wandb_run_id = checkpoint.get('wandb_run_id') if checkpoint else None

@@ -1,8 +1,8 @@
 """
 The GPU check (tools/gpu_check.py) works before a GPU is lent: its dry run runs every row, tiny and on
-the CPU (ours beside nanoGPT's model, the sweep's training rows (one of its micro-batches), DDP and FSDP in two processes,
-decoding in each weight dtype, the XL-shaped LoRA memory row, the cuda tests collected), prints each row
-as it ends and appends it to its file at once; with a deadline too short for every row it skips each
+the CPU (ours beside nanoGPT's model, the sweep's training rows at one micro-batch, DDP and FSDP in two
+processes, decoding in each weight dtype, the XL-shaped LoRA memory row, the cuda tests collected),
+prints each row as it ends and appends it to its file at once; with a deadline too short for every row it skips each
 and says so, and without GPT-2's BPE in a tiktoken cache it skips the tests that need it.
 Run: python -m pytest tests/test_gpu_check.py
 """
@@ -31,8 +31,8 @@ def test_gpu_check_dry_run_measures_every_row_and_writes_each_as_it_ends(tmp_pat
     assert table_rows(out.read_text()) == (heading, rows)  # the file holds what was printed
     assert re.match(r"ours [\d,]+ tokens/s, [\d.]+ ms/iter, MFU [\d.]+%; nanoGPT's model builds and trains a step$",
                     rows["124M train, batch 12, compiled: ours beside nanoGPT's"])
-    for what in ('124M train, batch 8, compiled, SDPA auto', '124M train, batch 12, compiled, SDPA flash', '124M train, batch 12, compiled, SDPA math',
-                 '124M train, batch 12, uncompiled'):
+    for what in ('124M train, batch 8, compiled, SDPA auto', '124M train, batch 12, compiled, SDPA flash',
+                 '124M train, batch 12, compiled, SDPA math', '124M train, batch 12, uncompiled'):
         assert re.match(r'[\d,]+ tokens/s, [\d.]+ ms/iter, MFU [\d.]+%', rows[what]), (what, rows[what])
     for parallelism in ('DDP', 'FSDP'):
         assert 'total' in rows[f'2-process {parallelism} on one device, memory per process']

@@ -2,12 +2,20 @@
 model.py on its own: last-position logits at inference, block-size surgery, optimizer groups,
 MFU and the FLOPs it counts (held against PyTorch's FlopCounterMode for every option, tied and untied
 heads, LoRA and activation checkpointing) and generation (GPT-2 exactness is in test_gpt2.py).
+model.py copied alone into an empty directory: it imports torch and the standard library only, and a GPT
+trains a step, samples and answers nanoGPT's configure_optimizers(..., 'cpu') and estimate_mfu(...).
 Run: python -m pytest tests/test_model.py
 """
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import REPO, script_env
 from model import GPT, GPTConfig
 
 
@@ -47,6 +55,7 @@ def test_optimizer_decays_matrices_only():
 def test_mfu_against_a_peak_or_none():
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11))
     assert model.estimate_mfu(4, 0.01, None) is None
+    assert model.estimate_mfu(4, 0.01) == model.estimate_mfu(4, 0.01, 312e12)  # nanoGPT's A100 figure
     flops = model.flops_per_token() * 8 * 4 / 0.01
     assert model.estimate_mfu(4, 0.01, 2 * flops) == pytest.approx(0.5)
 
@@ -84,3 +93,37 @@ def test_checkpoint_args_are_nanogpts_seven():
     cfg = GPTConfig(activation='gelu_tanh')
     assert set(cfg.model_args()) == {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
     assert cfg.model_options() == {'activation': 'gelu_tanh'}
+
+
+ALONE = """
+import sys
+import torch
+with_torch = set(sys.modules)
+from model import GPT, GPTConfig
+added = {m.split('.')[0] for m in set(sys.modules) - with_torch} - set(sys.stdlib_module_names) - {'model', 'torch'}
+assert not added, added
+torch.manual_seed(0)
+model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')  # nanoGPT's call
+x = torch.randint(0, 50, (2, 16))
+before = model.transformer.h[0].attn.c_attn.weight.clone()
+model(x, x)[1].backward()
+optimizer.step()
+assert not torch.equal(before, model.transformer.h[0].attn.c_attn.weight)
+mfu = model.estimate_mfu(2 * 16, 0.5)  # nanoGPT's call: against its A100 figure
+out = model.eval().generate(x[:, :4], 20, temperature=0.8, top_k=5)  # past block_size: the last 16 tokens
+greedy = model.generate(x[:, :4], 3, temperature=0)
+assert out.shape == (2, 24) and greedy.shape == (2, 7) and 0 < mfu < 1
+try:
+    model.generate(x[:, :4], 3, top_p=0.9)  # generate.py's controls need generate.py
+except ModuleNotFoundError as e:
+    print('alone', e.name)
+"""
+
+
+def test_model_py_stands_alone(tmp_path):
+    shutil.copy(os.path.join(REPO, 'model.py'), tmp_path)
+    env = {k: v for k, v in script_env().items() if k != 'PYTHONPATH'}
+    p = subprocess.run([sys.executable, '-c', ALONE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == 'alone generate', p.stdout + p.stderr

@@ -27,7 +27,7 @@ OPTIONS = [dict(pos_encoding='rotary'), dict(pos_encoding='alibi'), dict(qk_norm
 def test_each_option_trains(options, optimizer):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=29, **options))
-    opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), optimizer, muon_lr=0.02)
+    opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), optimizer=optimizer, muon_lr=0.02)
     x = torch.randint(29, (8, 17))
     losses = []
     for _ in range(15):
@@ -124,7 +124,7 @@ def test_muon_update_is_orthogonal():
 
 def test_muon_matrices_take_no_weight_decay_and_adamws_do():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=5, block_size=4))
-    opt = model.configure_optimizers(0.5, 0.1, (0.9, 0.95), 'muon', muon_lr=0.1)
+    opt = model.configure_optimizers(0.5, 0.1, (0.9, 0.95), optimizer='muon', muon_lr=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # no gradient: only weight decay could move a weight

@@ -114,7 +114,7 @@ def test_update_size_is_the_steps_own(kind):
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=40))
     forward = model.forward
     model.forward = lambda x: forward(x, x)[1]
-    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'muon' if kind == 'muon' else 'adamw')
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), optimizer='muon' if kind == 'muon' else 'adamw')
     if kind == 'adamw unfused':
         optimizer = torch.optim.AdamW(optimizer.param_groups, lr=1e-2, betas=(0.9, 0.95))
     x = torch.randint(0, 40, (4, 8))
