@@ -28,7 +28,9 @@ from model import GPT, MODEL_OPTIONS, GPTConfig
 from optim import optimizer_step
 from quantize import WEIGHT_DTYPES, weight_dtype_error
 from tokenizer import read_meta
-from util import check_settings, die
+from util import check_settings, die, report_usage_errors
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 # -----------------------------------------------------------------------------
 # what is timed, in train.py's names and defaults (train.py says what each does), so that its config files run here

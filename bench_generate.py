@@ -18,7 +18,7 @@ from loading import load_model
 from model import GPT
 from quantize import for_inference, weight_bytes
 from tasks import token_losses
-from util import die
+from util import UsageError
 
 
 def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
@@ -47,7 +47,7 @@ def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
     try:
         return init_from, hf_gpt2.hub_snapshot(init_from), init_from
     except ValueError as e:  # not a GPT-2 name, or no network: as load_model says it
-        die(str(e))
+        raise UsageError(str(e))
 
 
 def speed_table(load, hf_dir, about, batch_sizes, weight_dtypes, n, repeats, no_cache, seed, device, dtype, ctx):

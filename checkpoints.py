@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from model import MODEL_OPTIONS
-from util import die, os_error, write_error, written
+from util import UsageError, os_error, write_error, written
 
 
 def strip_prefixes(state_dict):
@@ -107,7 +107,7 @@ def resume_settings(checkpoint, model_config, config, asked, out_dir):
         if k in asked and config[k] != v:
             hint = f" (to LoRA-finetune it, use --init_from={os.path.join(out_dir, 'ckpt.pt')} and a new out_dir)" \
                 if k in lora and not lora['lora_rank'] else ""
-            die(f"the checkpoint in {out_dir} has {k}={v}, but {k}={config[k]} was asked{hint}")
+            raise UsageError(f"the checkpoint in {out_dir} has {k}={v}, but {k}={config[k]} was asked{hint}")
     return tuple(lora.get(k, config[k]) for k in ('lora_rank', 'lora_alpha', 'lora_dropout', 'lora_targets'))
 
 
@@ -149,8 +149,8 @@ def save_sharded_checkpoint(out_dir, checkpoint, model, optimizer):
             if checkpoint is not None:
                 shutil.rmtree(path, ignore_errors=True)
             note = 'the previous checkpoint is untouched'
-            die(write_error(path, os_error(e), note) if os_error(e) else
-                f"cannot write {path}: {str(e).splitlines()[0][:200]}; {note}")
+            raise UsageError(write_error(path, os_error(e), note) if os_error(e) else
+                             f"cannot write {path}: {str(e).splitlines()[0][:200]}; {note}")
 
     def discard():
         shutil.rmtree(path, ignore_errors=True)
@@ -185,9 +185,9 @@ def _load(path, trust, mmap=False):
         if mmap:  # a file of torch's legacy format cannot be memory-mapped, but can be read
             return _load(path, trust)
         if isinstance(e, pickle.UnpicklingError) and 'GLOBAL' in str(e):  # a class or function inside
-            die(f"{path} holds Python objects besides tensors and plain values, which could run code "
-                f"when loaded; if you trust the file, pass --trust_checkpoint=True")
-        die(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
+            raise UsageError(f"{path} holds Python objects besides tensors and plain values, which could run code "
+                             f"when loaded; if you trust the file, pass --trust_checkpoint=True")
+        raise UsageError(f"cannot read checkpoint {path} (truncated or corrupt?): {str(e).splitlines()[0][:200]}")
 
 
 def load_checkpoint(path, trust=False, mmap=False):
@@ -197,10 +197,10 @@ def load_checkpoint(path, trust=False, mmap=False):
     leaves the tensors in the file's pages (page cache, copy-on-write) until they are read.
     """
     if not os.path.isfile(path):
-        die(f"no checkpoint at {path} (train one first, or check --out_dir)")
+        raise UsageError(f"no checkpoint at {path} (train one first, or check --out_dir)")
     checkpoint = _load(path, trust, mmap)
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'model_args' not in checkpoint:
-        die(f"{path} is not a GPT checkpoint (no 'model' and 'model_args')")
+        raise UsageError(f"{path} is not a GPT checkpoint (no 'model' and 'model_args')")
     return checkpoint
 
 
@@ -214,7 +214,7 @@ def load_optimizer_state(out_dir, checkpoint, trust=False, mmap=False):
         return {'optimizer': checkpoint['optimizer'], 'scaler': checkpoint.get('scaler')}
     path = os.path.join(out_dir, checkpoint['optimizer_file'])
     if not os.path.isfile(path):
-        die(f"{path}, the optimizer state of {os.path.join(out_dir, 'ckpt.pt')}, is missing")
+        raise UsageError(f"{path}, the optimizer state of {os.path.join(out_dir, 'ckpt.pt')}, is missing")
     state = _load(path, trust, mmap)
     if mmap:
         state['optimizer'] = copy.deepcopy(state['optimizer'])
@@ -242,7 +242,7 @@ def restore_optimizer(out_dir, checkpoint, model, optimizer, scaler, trust=False
                 dcp.load(state, checkpoint_id=os.path.join(out_dir, name),
                          no_dist=not torch.distributed.is_initialized())
         except Exception as e:
-            die(f"cannot read {os.path.join(out_dir, name)}: {str(e).splitlines()[0][:200]}")
+            raise UsageError(f"cannot read {os.path.join(out_dir, name)}: {str(e).splitlines()[0][:200]}")
         set_optimizer_state_dict(model, optimizer, state['optimizer'])
         return
     state = state or load_optimizer_state(out_dir, checkpoint, trust)

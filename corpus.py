@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokenizer import Tokenizer, train_bpe
-from util import die, write_error, written
+from util import UsageError, write_error, written
 
 TABLES = {'.jsonl': 'json', '.json': 'json', '.parquet': 'parquet'}  # read through datasets' packaged builders
 CHUNK = 1 << 20  # characters of a text file read at a time
@@ -30,7 +30,7 @@ def find_files(inputs):
         else:
             found = [f for f in glob.glob(spec, recursive=True) if os.path.isfile(f)]
         if not found:
-            die(f"no files match {spec}" + (" (an empty directory)" if os.path.isdir(spec) else ""))
+            raise UsageError(f"no files match {spec}" + (" (an empty directory)" if os.path.isdir(spec) else ""))
         files += sorted(found)
     return list(dict.fromkeys(files))
 
@@ -90,7 +90,7 @@ class TextFiles:
                 self.errors[path] = 'replace'
                 self.lengths.append(_scan(path, 'replace', chars))
             except OSError as e:
-                die(f"cannot read {path}: {e.strerror}")
+                raise UsageError(f"cannot read {path}: {e.strerror}")
             self.files.append(path)
         if bad:
             s = 's' if len(bad) > 1 else ''
@@ -112,8 +112,8 @@ class Rows:
 
     def __init__(self, dataset, column, chars=None):
         if column not in dataset.column_names:
-            die(f"the dataset has no '{column}' column (columns: {', '.join(dataset.column_names)}); "
-                f"name the text's with --text_column")
+            raise UsageError(f"the dataset has no '{column}' column (columns: {', '.join(dataset.column_names)}); "
+                             f"name the text's with --text_column")
         self.dataset, self.column, self.lengths, self.bytes = dataset.select_columns([column]), column, None, None
         if chars is not None:  # the characters need a pass of their own
             self.lengths = []
@@ -139,7 +139,8 @@ def load_table(files=None, hub=None, hub_config=None, num_proc=None):
     if files:
         builders = {TABLES[os.path.splitext(f)[1].lower()] for f in files}
         if len(builders) > 1:
-            die("give JSON lines or Parquet files, not both (a glob such as --input='dir/*.parquet' picks one kind)")
+            raise UsageError("give JSON lines or Parquet files, not both (a glob such as --input='dir/*.parquet' "
+                             "picks one kind)")
         return load_dataset(builders.pop(), data_files=files, split='train')
     try:
         try:
@@ -152,8 +153,8 @@ def load_table(files=None, hub=None, hub_config=None, num_proc=None):
             return load_dataset(hub, name=hub_config, split='train', revision='refs/convert/parquet',
                                 num_proc=num_proc)
     except (ConnectionError, OSError, RuntimeError, ValueError) as e:
-        die(f"could not load {hub} from the Hugging Face Hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            f"with the files at hand, name them instead")
+        raise UsageError(f"could not load {hub} from the Hugging Face Hub ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}); with the files at hand, name them instead")
 
 
 def suggest(tokens, vocab_size):
@@ -190,13 +191,13 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
     if tokenizer == 'bpe':
         vocab_size = vocab_size or 4096
         if not 257 <= vocab_size <= 2**20:
-            die(f"vocab_size must be between 257 (the 256 bytes and <|endoftext|>) and {2**20:,} for "
-                f"--tokenizer=bpe, got {vocab_size}")
+            raise UsageError(f"vocab_size must be between 257 (the 256 bytes and <|endoftext|>) and {2**20:,} for "
+                             f"--tokenizer=bpe, got {vocab_size}")
     elif vocab_size is not None:
         fixed = "the corpus's characters" if tokenizer == 'char' else "GPT-2's 50,257 tokens"
-        die(f"vocab_size applies to --tokenizer=bpe; --tokenizer={tokenizer} has {fixed}")
+        raise UsageError(f"vocab_size applies to --tokenizer=bpe; --tokenizer={tokenizer} has {fixed}")
     if not 0 < val_fraction < 1:
-        die(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise UsageError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     t0 = time.time()
 
     # the documents, and what a first pass learns of them: lengths (text files), characters (char)
@@ -204,8 +205,9 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
     files = find_files(inputs)
     tables = [f for f in files if os.path.splitext(f)[1].lower() in TABLES]
     if tables and len(tables) < len(files):
-        die(f"give text files or JSON lines/Parquet files, not both ({tables[0]} and "
-            f"{next(f for f in files if f not in tables)}); a glob such as --input='dir/*.txt' picks one kind")
+        raise UsageError(f"give text files or JSON lines/Parquet files, not both ({tables[0]} and "
+                         f"{next(f for f in files if f not in tables)}); a glob such as --input='dir/*.txt' picks "
+                         f"one kind")
     if files and not tables:
         source = TextFiles(files, non_utf8, chars)
     else:
@@ -217,7 +219,7 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
     if split == 'position' and lengths is None:
         lengths = [len(t) for t in source.texts()]
     if n_docs == 0 or (lengths is not None and sum(lengths) == 0):
-        die(f"the corpus is empty ({n_docs:,} document{'s' if n_docs != 1 else ''}, no text)")
+        raise UsageError(f"the corpus is empty ({n_docs:,} document{'s' if n_docs != 1 else ''}, no text)")
 
     # the split: which documents are held out (document), or where the text is cut (position)
     if split == 'document':
@@ -312,7 +314,7 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
                 flush()
         except OSError as e:
             bar.close()
-            die(write_error(all_path, e, 'no dataset was written'))
+            raise UsageError(write_error(all_path, e, 'no dataset was written'))
         bar.update(bar.total - bar.n)  # newlines read as \n count fewer bytes than the files hold
         bar.close()
         counts, vals = np.array(counts, dtype=np.int64), np.array(vals, dtype=bool)
@@ -320,8 +322,9 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
         n_tokens = {s: int(counts[vals == (s == 'val')].sum()) for s in ('train', 'val')}
         for s, n in n_tokens.items():
             if n == 0:
-                die(f"the {s} split is empty ({n_docs:,} document{'s' if n_docs != 1 else ''}, "
-                    f"val_fraction={val_fraction}, split by {split}): give more text, or another val_fraction")
+                raise UsageError(f"the {s} split is empty ({n_docs:,} document{'s' if n_docs != 1 else ''}, "
+                                 f"val_fraction={val_fraction}, split by {split}): give more text, or another "
+                                 f"val_fraction")
 
         meta = {'vocab_size': tok.vocab_size, 'itos': tok.itos} if tokenizer == 'char' else \
             {'tokenizer': tokenizer, 'vocab_size': tok.vocab_size}

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from util import die
+from util import UsageError
 
 
 def open_split(data_dir, split, block_size, dtype='uint16'):
@@ -17,14 +17,14 @@ def open_split(data_dir, split, block_size, dtype='uint16'):
         how = os.path.join(data_dir, 'prepare.py')
         how = f"python {how}" if os.path.isfile(how) else \
             f"python data/prepare.py --input=<your files> --name={os.path.basename(data_dir)}"
-        die(f"no {path}: prepare the dataset first ({how})")
+        raise UsageError(f"no {path}: prepare the dataset first ({how})")
     size, item = os.path.getsize(path), np.dtype(dtype).itemsize
     if size % item:
         what = 'an odd number of bytes' if item == 2 else f'{size} bytes, not a multiple of {item}'
-        die(f"{path} has {what} ({size}): not a file of {dtype} token ids (damaged or cut short?)")
+        raise UsageError(f"{path} has {what} ({size}): not a file of {dtype} token ids (damaged or cut short?)")
     data = np.memmap(path, dtype=dtype, mode='r') if size else np.zeros(0, dtype=dtype)
     if len(data) < block_size + 1:
-        die(f"{path} has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
+        raise UsageError(f"{path} has {len(data)} tokens, fewer than block_size + 1 = {block_size + 1}")
     return data
 
 
@@ -32,8 +32,8 @@ def _check_ids(ids, vocab_size, path):
     """Every id in ids is below vocab_size, or one line naming the file they came from."""
     top = int(ids.max())
     if top >= vocab_size:
-        die(f"{path} holds token id {top}, beyond the vocabulary ({vocab_size} tokens): "
-            f"was it prepared for another dataset or tokenizer?")
+        raise UsageError(f"{path} holds token id {top}, beyond the vocabulary ({vocab_size} tokens): "
+                         f"was it prepared for another dataset or tokenizer?")
 
 
 def check_token_ids(data, vocab_size, path):
@@ -51,7 +51,7 @@ def run_vocab_size(meta, model_vocab_size, data_dir, splits):
     which the model must hold; every id of the splits ({name: open_split's array}) is checked against it."""
     vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else model_vocab_size
     if model_vocab_size < vocab_size:
-        die(f"the dataset has {vocab_size} tokens, the model only {model_vocab_size}")
+        raise UsageError(f"the dataset has {vocab_size} tokens, the model only {model_vocab_size}")
     for split, data in splits.items():
         check_token_ids(data, vocab_size, os.path.join(data_dir, f'{split}.bin'))
     return vocab_size
@@ -92,11 +92,12 @@ class BatchRamp:
 
     def __init__(self, ramp_tokens, start, steps, world, row_tokens):
         if steps % world:
-            die(f"gradient_accumulation_steps ({steps}) must be divisible by the number of processes ({world})")
+            raise UsageError(f"gradient_accumulation_steps ({steps}) must be divisible by the number of processes "
+                             f"({world})")
         self.full = steps // world  # this process's share: the global batch stays the same
         self.start = -(-start // world)  # rounded up to whole micro-steps
         if ramp_tokens and not 0 < self.start <= self.full:
-            die(f"batch_ramp_start ({start}) must be between 1 and gradient_accumulation_steps ({steps})")
+            raise UsageError(f"batch_ramp_start ({start}) must be between 1 and gradient_accumulation_steps ({steps})")
         self.ramp_tokens = ramp_tokens
         self.micro_tokens = world * row_tokens  # of one micro-step on every process
         self.tokens_per_iter = self.full * self.micro_tokens

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from util import die
+from util import UsageError
 
 
 def pick_device(device='auto', local_rank=0):
@@ -24,17 +24,17 @@ def pick_device(device='auto', local_rank=0):
         device = 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
     kind, _, index = device.partition(':')
     if kind not in ('cpu', 'cuda', 'mps') or (index and not (kind == 'cuda' and index.isdigit())):
-        die(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
+        raise UsageError(f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)")
     if kind == 'cuda':
         if not torch.cuda.is_available():
-            die(f"device '{device}' asked for, but this torch sees no CUDA GPU (try --device=cpu)")
+            raise UsageError(f"device '{device}' asked for, but this torch sees no CUDA GPU (try --device=cpu)")
         n = torch.cuda.device_count()
         if index and int(index) >= n:
-            die(f"device '{device}' asked for, but there are only {n} CUDA GPUs")
+            raise UsageError(f"device '{device}' asked for, but there are only {n} CUDA GPUs")
         if not index:
             device = f'cuda:{local_rank}'
     if kind == 'mps' and not mps:
-        die("device 'mps' asked for, but MPS is not available here (try --device=cpu)")
+        raise UsageError("device 'mps' asked for, but MPS is not available here (try --device=cpu)")
     return torch.device(device)
 
 
@@ -70,15 +70,15 @@ def pick_dtype(device, dtype='auto'):
             return 'bfloat16' if native_bfloat16(device) else 'float16'
         return 'float32'
     if dtype not in ('float32', 'bfloat16', 'float16'):
-        die(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+        raise UsageError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
     if dtype == 'bfloat16':
         if kind == 'cuda' and not native_bfloat16(device):
-            die(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 units "
-                f"(compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}): "
-                f"use --dtype=float16")
+            raise UsageError(f"bfloat16 asked for, but {torch.cuda.get_device_name(device)} has no bfloat16 units "
+                             f"(compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}): "
+                             f"use --dtype=float16")
         flags = _cpu_flags()
         if kind == 'cpu' and flags and not flags & {'avx512_bf16', 'amx_bf16'}:
-            die("bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)")
+            raise UsageError("bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)")
     return dtype
 
 
@@ -132,7 +132,7 @@ def maybe_compile(model, compile, device, mode=None):
     if compile is None:
         compile = device.type == 'cuda' and sys.platform != 'win32'
     if compile not in (True, False):
-        die(f"compile expects True or False, got {compile!r}")
+        raise UsageError(f"compile expects True or False, got {compile!r}")
     if not compile:
         return model
     import importlib.util

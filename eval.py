@@ -18,7 +18,9 @@ from distributed import ddp_ranks, end_ddp, start_ddp
 from loading import load_model
 from quantize import weight_dtype_error
 from tokenizer import from_meta
-from util import die, written
+from util import die, report_usage_errors, written
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (from out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory

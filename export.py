@@ -17,7 +17,9 @@ import hf_gpt2
 from checkpoints import load_checkpoint
 from loading import model_from_checkpoint
 from tokenizer import GPT2, from_meta, read_meta
-from util import die, write_error
+from util import die, report_usage_errors, write_error
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the checkpoint to export is out_dir/ckpt.pt

@@ -13,7 +13,7 @@ from checkpoints import load_checkpoint, strip_prefixes
 from model import GPT, GPTConfig
 from quantize import WEIGHT_DTYPES, reduce_tensor, swap_in_low_precision
 from tokenizer import GPT2, read_meta
-from util import die
+from util import UsageError
 
 
 def build_model(config, weights, weight_dtype='float32'):
@@ -80,12 +80,14 @@ def model_from_checkpoint(checkpoint, weight_dtype='float32', **overrides):
     args = {**checkpoint['model_args'], **checkpoint.get('model_options', {}), **overrides}
     unknown = set(args) - set(GPTConfig.__dataclass_fields__)
     if unknown:
-        die(f"the checkpoint's model has options this model.py does not know: {', '.join(sorted(unknown))}")
+        raise UsageError(f"the checkpoint's model has options this model.py does not know: "
+                         f"{', '.join(sorted(unknown))}")
     try:
         return build_model(GPTConfig(**args), strip_prefixes(checkpoint['model']).items(), weight_dtype)
     except (RuntimeError, ValueError) as e:
         lines = str(e).splitlines()
-        die(f"checkpoint weights do not match its model_args: {lines[min(1, len(lines) - 1)].strip()[:200]}")
+        raise UsageError(f"checkpoint weights do not match its model_args: "
+                         f"{lines[min(1, len(lines) - 1)].strip()[:200]}")
 
 
 def starting_model(init_from, model_args, dropout=0.0, trust=False):
@@ -102,7 +104,7 @@ def starting_model(init_from, model_args, dropout=0.0, trust=False):
         print(f"Initializing from OpenAI GPT-2 weights: {init_from}")
         return from_pretrained(init_from, dict(dropout=dropout))
     except (ValueError, OSError) as e:
-        die(str(e))
+        raise UsageError(str(e))
 
 
 def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
@@ -125,5 +127,5 @@ def load_model(init_from, out_dir, trust=False, weight_dtype='float32'):
         try:
             model = from_pretrained(init_from, dict(dropout=0.0), weight_dtype)
         except (ValueError, OSError) as e:
-            die(str(e))
+            raise UsageError(str(e))
     return model.eval(), {**meta, 'dataset': dataset}

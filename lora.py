@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from util import die, write_error, written
+from util import UsageError, write_error, written
 
 
 def lora_settings(rank, alpha, dropout, targets):
@@ -38,7 +38,7 @@ class Adapters:
         try:
             add_adapters(model, self.settings)
         except ValueError as e:
-            die(f"lora_targets '{targets}': {str(e).splitlines()[0][:200]}")
+            raise UsageError(f"lora_targets '{targets}': {str(e).splitlines()[0][:200]}")
         if dtype == 'bfloat16':
             name = checkpoint['lora'].get('full_base') if checkpoint else f"lora_base-{os.urandom(4).hex()}.pt"
             if out_dir and not checkpoint:
@@ -174,7 +174,7 @@ def merged_into(model, full_base, scratch_dir):
                     with open(path, 'wb') as f:
                         os.posix_fallocate(f.fileno(), 0, base.nbytes)
                 except OSError as e:
-                    die(write_error(path, e, 'the previous checkpoint is untouched'))
+                    raise UsageError(write_error(path, e, 'the previous checkpoint is untouched'))
                 out = torch.from_file(path, shared=True, size=base.numel(), dtype=base.dtype).view(base.shape)
                 delta = layer.get_delta_weight(layer.active_adapters[0]).to(base.dtype)
                 state[f'{name}.weight'] = torch.add(base, delta, out=out)

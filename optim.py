@@ -8,7 +8,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from util import die
+from util import UsageError
 
 
 def _local(t):
@@ -31,12 +31,13 @@ class FiniteLosses:
     def check(self):
         bad = int(self.first_bad)
         if bad >= 0:
-            die(f"the training loss is not finite at iter {bad}; stopping (the last checkpoint in {self.out_dir} "
-                f"is untouched)")
+            raise UsageError(f"the training loss is not finite at iter {bad}; stopping (the last checkpoint in "
+                             f"{self.out_dir} is untouched)")
 
     def check_val(self, val_loss, it):
         if not math.isfinite(val_loss):
-            die(f"val loss is {val_loss} at iter {it}; stopping (the last checkpoint in {self.out_dir} is untouched)")
+            raise UsageError(f"val loss is {val_loss} at iter {it}; stopping (the last checkpoint in {self.out_dir} "
+                             f"is untouched)")
 
 
 def optimizer_step(model, optimizer, scaler, grad_clip, measure=False):

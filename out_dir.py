@@ -10,7 +10,7 @@ import signal
 import sys
 from contextlib import contextmanager
 
-from util import die, write_error, written
+from util import UsageError, write_error, written
 
 
 def lock_out_dir(out_dir):
@@ -27,7 +27,7 @@ def lock_out_dir(out_dir):
         if not os.access(out_dir, os.W_OK):
             raise PermissionError(out_dir)
     except OSError as e:
-        die(f"cannot write to out_dir '{out_dir}': {e}")
+        raise UsageError(f"cannot write to out_dir '{out_dir}': {e}")
     try:
         import fcntl  # POSIX only
     except ImportError:
@@ -40,8 +40,8 @@ def lock_out_dir(out_dir):
         except OSError:
             f.seek(0)
             holder = f.read().strip() or 'unknown'
-            die(f"{out_dir} is in use by another training run (PID {holder}); wait for it, stop it, or "
-                f"choose another --out_dir")
+            raise UsageError(f"{out_dir} is in use by another training run (PID {holder}); wait for it, stop it, or "
+                             f"choose another --out_dir")
         try:  # the file may have been removed by the run that held it just before: lock the current one
             if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
                 break
@@ -54,7 +54,7 @@ def lock_out_dir(out_dir):
     except OSError as e:
         os.remove(path)
         f.close()
-        die(write_error(path, e))
+        raise UsageError(write_error(path, e))
 
     def release():
         if not f.closed:
@@ -132,4 +132,4 @@ class MetricsLog:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # so: the disk took part of the line
         except OSError as e:
             os.ftruncate(self.fd, end)
-            die(write_error(self.path, e))
+            raise UsageError(write_error(self.path, e))

@@ -8,7 +8,9 @@ import argparse
 import json
 import os
 
-from util import die, written
+from util import die, report_usage_errors, written
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 PANELS = [  # (title, x, [(label, key of metrics.jsonl)], y log-scale)
     ('loss', 'iter', [('train (log lines)', 'loss'), ('train (eval)', 'train_loss'), ('val', 'val_loss')], False),

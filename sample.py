@@ -16,7 +16,9 @@ from loading import load_model
 from out_dir import ExitOnInterrupt
 from quantize import for_inference, weight_dtype_error
 from tokenizer import from_meta
-from util import die
+from util import die, report_usage_errors
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # either 'resume' (from an out_dir) or a gpt2 variant (e.g. 'gpt2-xl') or a local GPT-2 directory

@@ -158,10 +158,10 @@ def hellaswag_for_training(meta, dataset, limit=0):
     """HellaSwag's first limit examples (0: all) and the encoder of dataset (meta: its meta.json), for zero-shot
     accuracy during training: one line if the dataset is character-level or HellaSwag is not prepared."""
     from tokenizer import from_meta
-    from util import die
+    from util import UsageError
     if meta['tokenizer'] == 'char':
-        die(f"hellaswag_interval needs a BPE dataset; {dataset} is character-level")
+        raise UsageError(f"hellaswag_interval needs a BPE dataset; {dataset} is character-level")
     path = default_file('hellaswag')
     if not os.path.isfile(path):
-        die(f"no {path}: python data/hellaswag/prepare.py")
+        raise UsageError(f"no {path}: python data/hellaswag/prepare.py")
     return dict(examples=read_jsonl(path, limit), encode=from_meta(meta).encode)

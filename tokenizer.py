@@ -5,7 +5,7 @@ corpus with Hugging Face tokenizers; what data/<dataset>/meta.json says, and its
 import json
 import os
 
-from util import die, gpt2_encoding
+from util import UsageError, gpt2_encoding
 
 EOT = '<|endoftext|>'
 # GPT-2's pre-tokenization, tiktoken r50k_base's pattern (and tokenizers' ByteLevel regex)
@@ -55,7 +55,7 @@ class Tokenizer:
             return self._enc.encode(text, allowed_special={EOT})
         bad = next((c for c in text if c not in self._stoi), None)
         if bad is not None:
-            die(f"the prompt has the character {bad!r}, which is not in the model's vocabulary")
+            raise UsageError(f"the prompt has the character {bad!r}, which is not in the model's vocabulary")
         return [self._stoi[c] for c in text]
 
     def encode_batch(self, texts, num_threads):
@@ -123,13 +123,13 @@ def read_meta(data_dir):
             why = 'not valid JSON' if isinstance(e, ValueError) else \
                 "not {'vocab_size': n, 'itos': [n strings]}" if isinstance(meta, dict) and 'itos' in meta else \
                 "not {'tokenizer': 'gpt2' or 'bpe', 'vocab_size': n, 'dtype': 'uint16' or 'uint32'}"
-            die(f"cannot read {path}: {why}; {again}")
+            raise UsageError(f"cannot read {path}: {why}; {again}")
         if meta['tokenizer'] == 'bpe':
             try:
                 with open(os.path.join(data_dir, 'tokenizer.json'), encoding='utf-8') as f:
                     meta['tokenizer_json'] = f.read()
             except OSError as e:
-                die(f"cannot read {os.path.join(data_dir, 'tokenizer.json')} ({e.strerror}); {again}")
+                raise UsageError(f"cannot read {os.path.join(data_dir, 'tokenizer.json')} ({e.strerror}); {again}")
         return meta
     path = os.path.join(data_dir, 'meta.pkl')
     if os.path.isfile(path):
@@ -145,7 +145,7 @@ def read_meta(data_dir):
             return {'tokenizer': 'char', 'vocab_size': meta['vocab_size'], 'dtype': 'uint16',
                     'itos': [itos[i] for i in range(len(itos))]}
         except Exception as e:
-            die(f"cannot read {path}: {e}")
+            raise UsageError(f"cannot read {path}: {e}")
     return dict(GPT2)
 
 

@@ -40,7 +40,9 @@ from optim import FiniteLosses, StepHealth, optimizer_step
 from out_dir import ExitOnInterrupt, lock_out_dir
 from report import Report
 from tokenizer import read_meta
-from util import check_settings, die
+from util import check_settings, die, report_usage_errors
+
+report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
 # -----------------------------------------------------------------------------
 # default config values designed to train a gpt2 (124M) on OpenWebText

@@ -9,10 +9,29 @@ import sys
 from contextlib import contextmanager
 
 
+class UsageError(Exception):
+    """Bad input that library code meets (a setting, a path, a file): its message is one line, which a script
+    prints as 'error: ...' (report_usage_errors); a notebook gets it as an exception."""
+
+
 def die(msg):
-    """Bad input: one line on stderr and a non-zero exit, no traceback."""
+    """A script's bad input: one line on stderr and a non-zero exit, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(1)
+
+
+def report_usage_errors():
+    """
+    For a script: from here on, a UsageError that nothing catches ends it as die does, with its one line
+    on stderr and exit status 1, not a traceback. Anything else is reported as before.
+    """
+    report = sys.excepthook
+
+    def hook(kind, e, tb):
+        if not isinstance(e, UsageError):
+            return report(kind, e, tb)
+        print(f"error: {e}", file=sys.stderr)
+    sys.excepthook = hook
 
 
 def check_settings(config, positive=(), non_negative=(), below_one=(), choices=None):
@@ -23,14 +42,14 @@ def check_settings(config, positive=(), non_negative=(), below_one=(), choices=N
     """
     for name, allowed in (choices or {}).items():
         if config[name] not in allowed:
-            die(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got {config[name]!r}")
+            raise UsageError(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got {config[name]!r}")
     for names, ok, want in ((positive, lambda v: v > 0, 'positive'), (non_negative, lambda v: v >= 0, '>= 0'),
                             (below_one, lambda v: 0 <= v < 1, 'in [0, 1)')):
         for name in names:
             value = config[name]
             if not (ok(value) and math.isfinite(value)):
                 finite = 'finite and ' if isinstance(value, float) and want != 'in [0, 1)' else ''
-                die(f"{name} must be {finite}{want}, got {value}")
+                raise UsageError(f"{name} must be {finite}{want}, got {value}")
 
 
 def os_error(e):
@@ -68,9 +87,9 @@ def written(path, mode='wb', note=''):
         if os.path.exists(tmp):
             os.remove(tmp)
         cause = os_error(e)
-        if cause is None or isinstance(e, SystemExit):  # an exit said why already
+        if cause is None or isinstance(e, (SystemExit, UsageError)):  # an exit or a usage error said why already
             raise
-        die(write_error(path, cause, note))
+        raise UsageError(write_error(path, cause, note))
 
 
 def download(url, path):
@@ -85,7 +104,7 @@ def download(url, path):
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except OSError as e:
-        die(f"could not download {url} ({e}); put the file at {path} and run this again")
+        raise UsageError(f"could not download {url} ({e}); put the file at {path} and run this again")
     with written(path) as f:
         f.write(data)
     return path
@@ -111,5 +130,5 @@ def gpt2_encoding():
     try:
         return tiktoken.get_encoding('r50k_base')
     except Exception as e:
-        die(f"cannot load the GPT-2 tokenizer (tiktoken r50k_base: no network and no "
-            f"TIKTOKEN_CACHE_DIR cache?): {type(e).__name__}")
+        raise UsageError(f"cannot load the GPT-2 tokenizer (tiktoken r50k_base: no network and no "
+                         f"TIKTOKEN_CACHE_DIR cache?): {type(e).__name__}")

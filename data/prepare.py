@@ -40,6 +40,9 @@ if not args.name or os.sep in args.name or args.name.startswith('.'):
     parser.error(f"--name is a directory name under data/, got {args.name!r}")
 
 from corpus import prepare  # noqa: E402
+from util import report_usage_errors  # noqa: E402
+
+report_usage_errors()  # library code's bad-input errors: one line
 
 prepare(os.path.join(here, args.name), args.tokenizer, args.input, args.hub, args.hub_config, args.text_column,
         args.vocab_size, args.val_fraction, args.split, args.seed, args.non_utf8, args.num_proc, dataset=args.name)

@@ -12,6 +12,7 @@ import torch
 
 import device
 from conftest import one_line_error, run
+from util import UsageError
 
 SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
          '--batch_size=4']
@@ -104,7 +105,7 @@ def test_an_unknown_gpu_has_no_peak_and_says_so_once(monkeypatch, capsys):
 
 @pytest.mark.parametrize('capability,auto', [((7, 0), 'float16'), ((7, 5), 'float16'), ((8, 0), 'bfloat16'),
                                              ((8, 9), 'bfloat16'), ((9, 0), 'bfloat16'), ((12, 0), 'bfloat16')])
-def test_auto_dtype_on_cuda_is_bfloat16_only_where_native(monkeypatch, capsys, capability, auto):
+def test_auto_dtype_on_cuda_is_bfloat16_only_where_native(monkeypatch, capability, auto):
     """A V100 (7.0) or T4 (7.5) gets float16, though torch's is_bf16_supported() counts their emulated bfloat16."""
     GPU = torch.device('cuda:0')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
@@ -113,11 +114,10 @@ def test_auto_dtype_on_cuda_is_bfloat16_only_where_native(monkeypatch, capsys, c
     assert device.pick_dtype(GPU, 'auto') == auto
     assert device.pick_dtype(GPU, 'float16') == 'float16'
     if auto == 'float16':
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(UsageError) as e:
             device.pick_dtype(GPU, 'bfloat16')
-        assert e.value.code == 1 and capsys.readouterr().err == (
-            f"error: bfloat16 asked for, but Tesla T4 has no bfloat16 units (compute capability {capability[0]}."
-            f"{capability[1]}): use --dtype=float16\n")
+        assert str(e.value) == (f"bfloat16 asked for, but Tesla T4 has no bfloat16 units (compute capability "
+                                f"{capability[0]}.{capability[1]}): use --dtype=float16")
     else:
         assert device.pick_dtype(GPU, 'bfloat16') == 'bfloat16'
 

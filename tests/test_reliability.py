@@ -1,7 +1,8 @@
 """
 Reliability (exact resume is in test_train.py): checkpoints that survive kill -9 at any moment, safe loading
 (no pickled code runs), a NaN loss that stops the run without touching the last checkpoint, and one clear line
-(no traceback, nothing damaged) for every kind of bad input. Run: python -m pytest tests/test_reliability.py
+(no traceback, nothing damaged) for every kind of bad input, which library code raises as its UsageError
+(a plain Python process catches it) and a script prints. Run: python -m pytest tests/test_reliability.py
 """
 import glob
 import os
@@ -21,6 +22,7 @@ import device
 import loading
 from conftest import REPO, TINY, char_samples_ok, digest, iter_losses, one_line_error, run, spawn
 from device import setup_device
+from util import UsageError
 
 def test_kill_9_never_leaves_a_broken_checkpoint(repo):
     """kill -9 while checkpoints are being written and while training; what is on disk always works."""
@@ -207,24 +209,20 @@ def test_prompt_file_not_utf8_is_one_line(trained, tmp_path):
     ('cpu', 'fp8', "unknown dtype 'fp8' (use auto, float32, bfloat16 or float16)"),
     ('cpu', 'float64', "unknown dtype 'float64'"),
 ])
-def test_bad_device_or_dtype_is_one_line(monkeypatch, capsys, device, dtype, expected):
+def test_bad_device_or_dtype_is_one_line(monkeypatch, device, dtype, expected):
     """What every script says for a bad --device or --dtype (train.py's is checked end to end above)."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)  # the same answer on a GPU machine
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UsageError) as e:  # which a script prints as 'error: ...' (report_usage_errors)
         setup_device(device, dtype)
-    assert e.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith('error: ') and expected in err and err.count('\n') == 1, err
+    assert expected in str(e.value) and '\n' not in str(e.value)
 
 
-def test_bfloat16_refused_without_bfloat16_units(monkeypatch, capsys):
+def test_bfloat16_refused_without_bfloat16_units(monkeypatch):
     cpu = torch.device('cpu')
     monkeypatch.setattr(device, '_cpu_flags', lambda: {'avx2', 'fma'})
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UsageError) as e:
         device.pick_dtype(cpu, 'bfloat16')
-    assert e.value.code == 1
-    assert capsys.readouterr().err.strip() == \
-        "error: bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)"
+    assert str(e.value) == "bfloat16 asked for, but this CPU has no bfloat16 units (try --dtype=float32)"
     monkeypatch.setattr(device, '_cpu_flags', lambda: {'avx512_bf16'})
     assert device.pick_dtype(cpu, 'bfloat16') == 'bfloat16'
     assert device.pick_dtype(cpu, 'auto') == 'float32'  # emulated bf16 is slower
@@ -376,3 +374,14 @@ def test_scratch_over_a_checkpoint_says_so(trained_copy):
     assert p.stdout.strip().splitlines()[-1] == \
         'no checkpoint written: one is saved at each evaluation after iter 0 (eval_interval=5)'
     assert digest(os.path.join(repo, 'out', 'ckpt.pt')) == before
+
+
+def test_library_code_raises_its_usage_error_and_a_script_prints_it_in_one_line(trained_copy):
+    """From a plain Python process a missing checkpoint is an exception to catch (a notebook keeps its kernel),
+    not an exit; the scripts print the same error as one line."""
+    p = run(REPO, '-c', 'import checkpoints, util\n'
+            'try:\n    checkpoints.load_checkpoint("missing/ckpt.pt")\n'
+            'except util.UsageError as e:\n    print("raised:", e)')
+    assert p.stdout.strip() == 'raised: no checkpoint at missing/ckpt.pt (train one first, or check --out_dir)'
+    one_line_error(run(trained_copy, 'sample.py', '--out_dir=missing', '--device=cpu', check=False),
+                   'no checkpoint at missing/ckpt.pt')

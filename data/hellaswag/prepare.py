@@ -8,6 +8,9 @@ import sys
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for util.py
 from util import download_jsonl  # noqa: E402
+from util import report_usage_errors  # noqa: E402
+
+report_usage_errors()  # library code's bad-input errors: one line
 
 download_jsonl('https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl',
                os.path.join(here, 'hellaswag_val.jsonl'), field='endings', rows='examples')

@@ -15,6 +15,9 @@ import sys
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for corpus.py
 from corpus import prepare  # noqa: E402
+from util import report_usage_errors  # noqa: E402
+
+report_usage_errors()  # library code's bad-input errors: one line
 
 parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
 parser.add_argument('--dataset', default='Skylion007/openwebtext', help='Hugging Face Hub dataset id')
