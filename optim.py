@@ -88,18 +88,19 @@ def update_to_weight(optimizer, skipped=None, sharded=False):
     """
     How far the last step moved the weights: the RMS of the update over the RMS of the weights (after the
     step), overall and per parameter group, as tensors on the device, from what the optimizer holds after its
-    step, one parameter at a time: AdamW's update follows from its state (_adamw_update_square), Muon's is
+    step, one parameter at a time: AdamW's update follows from its state (_adamw_update_norm), Muon's is
     recorded by MuonAdamW as it steps. No copy of the weights is made, and the gradients are freed by then: the
     step's peak memory stays as it is. skipped: a boolean tensor, true where float16's gradient scaler skipped
     the step (no update). ~1e-3 is the usual healthy size for AdamW. sharded (FSDP): the sums of squares are
     added up over all processes, which must all call this.
     """
     updates, weights = [], []
+    # one device for the figures, where the weights are (a group may be empty: LoRA's has no 1-D weights)
+    device = next((p.device for group in optimizer.param_groups for p in group['params']), torch.device('cpu'))
     for i, group in enumerate(optimizer.param_groups):
         params = group['params']
-        device = params[0].device if params else torch.device('cpu')
         weights.append(torch.nn.utils.get_total_norm([_local(p).detach() for p in params]).float().square()
-                       if params else torch.zeros((), device=device))
+                       .to(device) if params else torch.zeros((), device=device))
         if group.get('muon'):
             update = optimizer.update_squares.get(i, torch.zeros(()))
         else:
