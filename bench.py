@@ -17,18 +17,18 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from autotune import choose_cpu_route
-from bench_generate import generation_source, quality_table, speed_table
-from dataloader import get_batch
-from device import PeakMemory, autocast, available_memory, maybe_compile, measured_matmul_flops, rss_anon
-from device import peak_flops as find_peak_flops, return_freed_memory_at_once, setup_device, synchronize
-from distributed import ddp_ranks, end_ddp, process_share, shard_model, start_ddp
-from loading import load_model, starting_model
 from model import GPT, MODEL_OPTIONS, GPTConfig
-from optim import optimizer_step
-from quantize import WEIGHT_DTYPES, weight_dtype_error
-from tokenizer import read_meta
-from util import check_settings, die, report_usage_errors
+from nanogpt.autotune import choose_cpu_route
+from nanogpt.bench_generate import generation_source, quality_table, speed_table
+from nanogpt.dataloader import get_batch
+from nanogpt.device import PeakMemory, autocast, available_memory, maybe_compile, measured_matmul_flops, rss_anon
+from nanogpt.device import peak_flops as find_peak_flops, return_freed_memory_at_once, setup_device, synchronize
+from nanogpt.distributed import ddp_ranks, end_ddp, process_share, shard_model, start_ddp
+from nanogpt.loading import load_model, starting_model
+from nanogpt.optim import optimizer_step
+from nanogpt.quantize import WEIGHT_DTYPES, weight_dtype_error
+from nanogpt.tokenizer import read_meta
+from nanogpt.util import check_settings, die, report_usage_errors
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
@@ -151,7 +151,7 @@ def trainable(lora, checkpointed, path='scratch'):
         die(f"block_size {block_size} is larger than the model's {model.config.block_size}")
     model.crop_block_size(block_size)
     if lora:
-        from lora import Adapters  # (peft: imported only where it is used)
+        from nanogpt.lora import Adapters  # (peft: imported only where it is used)
         Adapters(model, lora, lora_alpha, lora_dropout, lora_targets, path, dtype)
     model.config.activation_checkpointing = checkpointed
     model.to(device)
@@ -241,7 +241,7 @@ def bench_train():
 
 
 # -----------------------------------------------------------------------------
-# mode 'generate' (bench_generate.py's tables): every row loads its model as sample.py does, from one source
+# mode 'generate' (nanogpt/bench_generate.py's tables): every row loads its model as sample.py does, from one source
 
 def bench_generate():
     tmp = tempfile.TemporaryDirectory()

@@ -5,20 +5,20 @@ $ python data/lambada/prepare.py && python eval.py --init_from=gpt2 --task=lamba
 $ python eval.py --init_from=resume --out_dir=out --task=hellaswag --limit=1000
 $ python eval.py --init_from=gpt2 --task=lambada --weight_dtype=int8   # what int8 weights cost
 $ torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl   # examples shared across processes
-Prints a small table and writes it to out_dir/eval_<task>.json. See tasks.py for the method.
+Prints a small table and writes it to out_dir/eval_<task>.json. See nanogpt/tasks.py for the method.
 """
 import json
 import os
 import time
 
-import tasks
-from autotune import cpu_route
-from device import autocast, exit_on_out_of_memory, setup_device
-from distributed import ddp_ranks, end_ddp, start_ddp
-from loading import load_model
-from quantize import weight_dtype_error
-from tokenizer import from_meta
-from util import die, report_usage_errors, written
+from nanogpt import tasks
+from nanogpt.autotune import cpu_route
+from nanogpt.device import autocast, exit_on_out_of_memory, setup_device
+from nanogpt.distributed import ddp_ranks, end_ddp, start_ddp
+from nanogpt.loading import load_model
+from nanogpt.quantize import weight_dtype_error
+from nanogpt.tokenizer import from_meta
+from nanogpt.util import die, report_usage_errors, written
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 

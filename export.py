@@ -13,11 +13,11 @@ import os
 import shutil
 import tempfile
 
-import hf_gpt2
-from checkpoints import load_checkpoint
-from loading import model_from_checkpoint
-from tokenizer import GPT2, from_meta, read_meta
-from util import die, report_usage_errors, write_error
+from nanogpt import hf_gpt2
+from nanogpt.checkpoints import load_checkpoint
+from nanogpt.loading import model_from_checkpoint
+from nanogpt.tokenizer import GPT2, from_meta, read_meta
+from nanogpt.util import die, report_usage_errors, write_error
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
@@ -36,7 +36,7 @@ if adapter:
     if 'lora' not in checkpoint:
         die(f"{os.path.join(out_dir, 'ckpt.pt')} is not a LoRA run's (train with --lora_rank=8, say); "
             f"without --adapter it exports as a whole model")
-    from lora import save_adapter_dir
+    from nanogpt.lora import save_adapter_dir
     export_dir = export_dir or os.path.join(out_dir, 'adapter')
     save_adapter_dir(checkpoint['lora'], export_dir)  # whole files or a one-line error
     base = checkpoint['lora']['base']

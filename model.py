@@ -1,8 +1,7 @@
 """
 Full definition of a GPT language model, all of it in this single file: nanoGPT's (GPT-2's architecture),
 name for name, with the GPT-2 speedruns' options as GPTConfig switches, off by default (with rotary or
-ALiBi positions a token sees the last block_size tokens). It needs torch alone: other modules are reached
-from methods.
+ALiBi positions a token sees the last block_size tokens). It needs torch alone: methods reach nanogpt/.
 """
 
 import math
@@ -60,7 +59,7 @@ class CausalSelfAttention(nn.Module):
             q, k = rotate(q, *rotary), rotate(k, *rotary)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, keys, hs): the past, then these T
-        is_causal = mask is None and k.size(2) == T  # (is_causal would align a longer triangle wrongly)
+        is_causal = mask is None and k.size(2) == T  # (is_causal would misalign a longer triangle)
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)  # an additive mask in the autocast dtype, as SDPA wants
         if k.size(2) <= spelled_out_keys:
@@ -122,7 +121,7 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None, mask=None, rotary=None, spelled_out_keys=0, checkpointed=False):
         if checkpointed and torch.is_grad_enabled():
-            # only x is kept; the backward recomputes the rest, replaying the RNG state (the same dropout masks)
+            # only x is kept; the backward recomputes the rest, replaying the RNG (the same dropout masks)
             return checkpoint(self.sublayers, x, cache, mask, rotary, spelled_out_keys, use_reentrant=False)
         return self.sublayers(x, cache, mask, rotary, spelled_out_keys)
 
@@ -150,11 +149,11 @@ class GPTConfig:
     bias: bool = True  # biases in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     activation: str = 'gelu'  # 'gelu' (exact, nanoGPT), 'gelu_tanh' (GPT-2's own) or 'relu2' (ReLU squared)
     pos_encoding: str = 'learned'  # 'learned' (GPT-2's wpe), 'rotary' (turned queries, keys) or 'alibi' (distances)
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no parameters) before attention
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no parameters)
     norm: str = 'layernorm'  # 'layernorm' (GPT-2) or 'rmsnorm' (no mean subtraction, no bias)
     tie_weights: bool = True  # lm_head is wte, as in GPT-2; False gives the head its own weights
     zero_init_proj: bool = False  # start every projection into the residual stream (and an untied head) at zero
-    logit_softcap: float = 0.0  # squash the logits into (-cap, cap) with cap * tanh(logits / cap); 0 = off
+    logit_softcap: float = 0.0  # logits become cap * tanh(logits / cap); 0 = off
     # how it runs, not what it computes (not saved in checkpoints):
     spelled_out_keys: int = 0  # attention over up to this many keys as two matmuls, not SDPA (autotune picks)
     activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
@@ -183,7 +182,7 @@ class GPT(nn.Module):
         if config.pos_encoding == 'rotary' and (config.n_embd // config.n_head) % 2:
             raise ValueError(f"rotary positions need an even head size, got {config.n_embd // config.n_head}")
 
-        # (in nanoGPT's order: a checkpoint's optimizer state numbers the parameters in it)
+        # (nanoGPT's order: a checkpoint's optimizer state numbers the parameters)
         positions = {'wpe': nn.Embedding(config.block_size, config.n_embd)} if config.pos_encoding == 'learned' else {}
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -243,8 +242,8 @@ class GPT(nn.Module):
         if learned:
             x = x + self.transformer.wpe(pos)  # (T, C) position embeddings
         x = self.transformer.drop(x)
-        # each query sees the last block_size positions up to its own: None where SDPA's causal mask (or all the
-        # cache holds, for one new token) is exactly that
+        # each query sees the last block_size positions up to its own: None where SDPA's causal mask (or the
+        # whole cache, for one new token) is that
         mask = None
         if self.config.pos_encoding == 'alibi' or (t > 1 and (start > 0 or t > window)):
             keys = cache.key_positions(t, idx.device) if cache is not None else pos  # (S,)
@@ -282,21 +281,21 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, override_args=None):
-        """GPT-2 by name or a local Hugging Face directory, as in nanoGPT, read by loading.py (one copy)."""
-        from loading import from_pretrained
+        """GPT-2 by name or a local Hugging Face directory, as in nanoGPT (nanogpt/loading.py)."""
+        from nanogpt.loading import from_pretrained
         return from_pretrained(name_or_dir, override_args)
 
     def save_pretrained(self, directory, vocab_size=None):
-        """This model as a Hugging Face GPT-2 directory that transformers loads: see hf_gpt2.py."""
-        import hf_gpt2
+        """This model as a Hugging Face GPT-2 directory that transformers loads (nanogpt/hf_gpt2.py)."""
+        from nanogpt import hf_gpt2
         hf_gpt2.save_pretrained(self, directory, vocab_size)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type=None, *, optimizer='adamw',
                              muon_lr=0.02):
         """nanoGPT's: AdamW, weight decay on 2D weights only, fused wherever torch has it (device_type is unused);
-        optimizer='muon': Muon at muon_lr for the blocks' matrices, AdamW for the rest (muon.py)."""
+        optimizer='muon': Muon at muon_lr for the blocks' matrices, AdamW for the rest (nanogpt/optim.py)."""
         if optimizer == 'muon':
-            from muon import MuonAdamW
+            from nanogpt.optim import MuonAdamW
             return MuonAdamW.for_model(self, weight_decay, learning_rate, betas, muon_lr)
         params = [p for p in self.parameters() if p.requires_grad]
         optim_groups = [
@@ -330,13 +329,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **controls):
-        """nanoGPT's: idx (B, T) completed to (B, T + max_new_tokens), by generate.py (a KV cache, more controls),
-        or by nanoGPT's loop where model.py is alone."""
+        """nanoGPT's: idx (B, T) completed to (B, T + max_new_tokens), by nanogpt/generate.py (a KV cache,
+        more controls) or, where model.py is alone, by nanoGPT's loop."""
         try:
-            from generate import generate
+            from nanogpt.generate import generate
             return generate(self, idx, max_new_tokens, temperature, top_k, **controls)
         except ModuleNotFoundError as e:
-            if e.name != 'generate' or controls:
+            if e.name not in ('nanogpt', 'nanogpt.generate') or controls:
                 raise
         for _ in range(max_new_tokens):
             logits = self(idx[:, -self.config.block_size:])[0][:, -1, :]

@@ -8,7 +8,7 @@ import argparse
 import json
 import os
 
-from util import die, report_usage_errors, written
+from nanogpt.util import die, report_usage_errors, written
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 

@@ -10,13 +10,13 @@ import sys
 import torch
 from tqdm import tqdm
 
-from device import exit_on_out_of_memory, maybe_compile, setup_device
-from generate import generate_stream
-from loading import load_model
-from out_dir import ExitOnInterrupt
-from quantize import for_inference, weight_dtype_error
-from tokenizer import from_meta
-from util import die, report_usage_errors
+from nanogpt.device import exit_on_out_of_memory, maybe_compile, setup_device
+from nanogpt.generate import generate_stream
+from nanogpt.loading import load_model
+from nanogpt.out_dir import ExitOnInterrupt
+from nanogpt.quantize import for_inference, weight_dtype_error
+from nanogpt.tokenizer import from_meta
+from nanogpt.util import die, report_usage_errors
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
@@ -37,7 +37,7 @@ seed = 1337
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (bfloat16 where fast, float16 on older GPUs, else float32), or one of those
 compile = False  # torch.compile would recompile for every new cache length: no gain when sampling
-weight_dtype = 'float32'  # 'bfloat16' or 'int8' (CPU, CUDA): weights in fewer bytes, faster decoding (quantize.py)
+weight_dtype = 'float32'  # 'bfloat16' or 'int8' (CPU, CUDA): weights in fewer bytes, faster decoding
 # -----------------------------------------------------------------------------
 exec(open('configurator.py').read())  # overrides from command line or config file
 # -----------------------------------------------------------------------------

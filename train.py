@@ -26,21 +26,21 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import tasks
-from autotune import cpu_route
-from checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, resume_settings, save_training
-from checkpoints import starting_point
-from dataloader import BatchRamp, get_batch, open_split, run_vocab_size, warn_if_data_is_small
-from device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
-from device import return_freed_memory_at_once, setup_device
-from distributed import ddp_ranks, end_ddp, shard_model, start_ddp
-from loading import model_from_checkpoint, starting_model
 from model import MODEL_OPTIONS
-from optim import FiniteLosses, StepHealth, optimizer_step
-from out_dir import ExitOnInterrupt, lock_out_dir
-from report import Report
-from tokenizer import read_meta
-from util import check_settings, die, report_usage_errors
+from nanogpt import tasks
+from nanogpt.autotune import cpu_route
+from nanogpt.checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, resume_settings, save_training
+from nanogpt.checkpoints import starting_point
+from nanogpt.dataloader import BatchRamp, get_batch, open_split, run_vocab_size, warn_if_data_is_small
+from nanogpt.device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
+from nanogpt.device import return_freed_memory_at_once, setup_device
+from nanogpt.distributed import ddp_ranks, end_ddp, shard_model, start_ddp
+from nanogpt.loading import model_from_checkpoint, starting_model
+from nanogpt.optim import FiniteLosses, StepHealth, optimizer_step
+from nanogpt.out_dir import ExitOnInterrupt, lock_out_dir
+from nanogpt.report import Report
+from nanogpt.tokenizer import read_meta
+from nanogpt.util import check_settings, die, report_usage_errors
 
 report_usage_errors()  # library code's bad-input errors: one line, as die says them
 
@@ -228,7 +228,7 @@ if init_from == 'scratch' and master_process:
     warn_if_data_is_small(model.get_num_params(), len(train_data), dataset)
 adapters = optimizer_state = None
 if lora_rank:  # LoRA: adapters train beside frozen weights
-    from lora import Adapters
+    from nanogpt.lora import Adapters
     if checkpoint:  # the frozen weights as they were (ckpt.pt holds them merged), the adapters' optimizer
         optimizer_state = load_optimizer_state(out_dir, checkpoint, trust_checkpoint, mmap=True)
     adapters = Adapters(model, lora_rank, lora_alpha, lora_dropout, lora_targets, init_from, dtype,

@@ -15,14 +15,14 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(f for f in os.listdir(REPO) if f.endswith('.py'))  # every module and script at the top
+SCRIPTS = sorted(f for f in os.listdir(REPO) if f.endswith('.py'))  # the scripts, model.py, configurator.py
 
 # GPT-2's BPE offline: a pre-filled tiktoken cache beside the repository, where there is one
 _cache = os.path.join(os.path.dirname(REPO), 'shared', 'tiktoken_cache')
 if 'TIKTOKEN_CACHE_DIR' not in os.environ and os.path.isdir(_cache):
     os.environ['TIKTOKEN_CACHE_DIR'] = _cache
 
-# the speed choices scripts measure (autotune.py) go to a cache of the test session's, not the user's
+# the speed choices scripts measure (nanogpt/autotune.py) go to a cache of the test session's, not the user's
 _choices = None  # that cache, when the session made it (and removes it at its end)
 if 'NANOGPT_CACHE_DIR' not in os.environ:
     import tempfile
@@ -250,6 +250,8 @@ def make_repo(path):
     """A copy of the scripts, configs and data/prepare.py in path, data/tiny_char prepared (characters) from TEXT."""
     for f in SCRIPTS:
         shutil.copy(os.path.join(REPO, f), path)
+    shutil.copytree(os.path.join(REPO, 'nanogpt'), os.path.join(path, 'nanogpt'),
+                    ignore=shutil.ignore_patterns('__pycache__'))
     shutil.copytree(os.path.join(REPO, 'config'), os.path.join(path, 'config'))
     os.makedirs(os.path.join(path, 'data'))
     shutil.copy(os.path.join(REPO, 'data', 'prepare.py'), os.path.join(path, 'data'))  # for your own data

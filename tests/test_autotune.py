@@ -1,5 +1,5 @@
 """
-The speed choices made by measurement (autotune.py): the race picks the faster candidate from injected
+The speed choices made by measurement (nanogpt/autotune.py): the race picks the faster candidate from injected
 timings and refuses one whose numbers differ from its reference's; its choice is cached on disk and
 used again; train.py states its choice in one line, uses the cache on a second run, takes a forced
 dtype, and a resume keeps the choices its checkpoint recorded even with the cache gone; a run gives the same
@@ -15,10 +15,10 @@ import re
 import pytest
 import torch
 
-import autotune
-from autotune import Route
-from conftest import TINY, iter_losses, losses, run
 from model import GPT, GPTConfig
+from nanogpt import autotune
+from nanogpt.autotune import Route
+from conftest import TINY, iter_losses, losses, run
 
 
 @pytest.fixture

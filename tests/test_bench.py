@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-import device
+from nanogpt import device
 from conftest import one_line_error, run
-from util import UsageError
+from nanogpt.util import UsageError
 
 SMALL = ['--device=cpu', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32',
          '--batch_size=4']

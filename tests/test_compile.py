@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch._dynamo
 
-from device import maybe_compile
 from model import GPT, GPTConfig
+from nanogpt.device import maybe_compile
 
 # every model option, LoRA and activation checkpointing, combined where they go together (a compile each costs)
 OPTIONS = [{}, dict(tie_weights=False, bias=False, activation='gelu_tanh', pos_encoding='rotary', qk_norm=True,
@@ -23,7 +23,7 @@ def model_and_batch(lora=False, **options):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, **options))
     if lora:
-        from lora import add_adapters, lora_settings
+        from nanogpt.lora import add_adapters, lora_settings
         add_adapters(model, lora_settings(4, 16, 0.0, 'c_attn,c_proj,c_fc'))
     return model, torch.randint(0, 50, (2, 16))
 

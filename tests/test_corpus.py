@@ -1,9 +1,10 @@
 """
-Your own data (data/prepare.py, corpus.py, tokenizer.py): text files, directories and tables in, each
+Your own data (data/prepare.py, nanogpt/corpus.py, nanogpt/tokenizer.py): text files, directories and tables in, each
 tokenizer out (characters, GPT-2's BPE, a BPE trained with Hugging Face tokenizers, uint32 ids past
 65,536), cut into chunks without changing a token; the existing preparers' files byte for byte as
 they were; a trained BPE carried through training, sampling and the Hugging Face export (greedy
-tokens equal to transformers'); the advice lines; every bad input one line with nothing left behind;
+tokens equal to transformers'); the advice lines; settings through configurator.py (--key=value, config files);
+every bad input one line with nothing left behind;
 the README's own-data commands as written. Run: python -m pytest tests/test_corpus.py
 """
 import hashlib
@@ -19,7 +20,7 @@ import pytest
 
 from conftest import REPO, TINY, digest, make_repo, one_line_error, run
 
-# the SHA-256 of what each preparer wrote, on the inputs below, before they shared corpus.py's code
+# the SHA-256 of what each preparer wrote, on the inputs below, before they shared nanogpt/corpus.py's code
 BEFORE = {
     'shakespeare_char': {'meta.json': 'a4ea1aed19f8617aeaee6920fea637f09caa8b5ecd33e9a674beefb8fa8405c0',
                          'train.bin': 'bb3b5d1a3feb242c85c59e9b38fa33b72dd42040f07f498d925ffd62eb3aea82',
@@ -95,8 +96,8 @@ def test_existing_preparers_write_what_they_wrote_before(tmp_path):
 
 def test_chunks_cut_where_gpt2_pretokenization_cuts(monkeypatch, tmp_path):
     """A file read in small chunks tokenizes exactly as its whole text does, with GPT-2's BPE."""
-    import corpus
-    from util import gpt2_encoding
+    from nanogpt import corpus
+    from nanogpt.util import gpt2_encoding
     enc = gpt2_encoding()
     monkeypatch.setattr(corpus, 'CHUNK', 64)
     for i, text in enumerate([mixed_text(5, 3000), 'word, ' * 1000 + 'a\nb' * 100, '\n\n \t ' * 150 + 'end']):
@@ -290,6 +291,36 @@ def test_bad_input_is_one_line_and_leaves_the_dataset_as_it_was(corpus_repo, cas
     assert {f: digest(os.path.join(data, f)) for f in os.listdir(data)} == before and _nothing_left(data)
     p = run(repo, 'data/prepare.py', *args, '--name=fresh', check=False, env={'HF_HOME': os.path.join(repo, 'hf')})
     assert p.returncode == 1 and not os.path.exists(os.path.join(repo, 'data', 'fresh'))  # no dataset begun
+
+
+def test_settings_are_the_configurators_and_an_unquoted_glob_stays_input(corpus_repo):
+    """data/prepare.py reads --key=value and config files as every script does, one line for a bad one; the shell's
+    expansion of an unquoted --input glob is input, never run as a config file (here: Python files)."""
+    repo = corpus_repo
+    with open(os.path.join(repo, 'mine.py'), 'w') as f:
+        f.write("input = 'notes'\ntokenizer = 'char'\nval_fraction = 0.25\n")
+    p = run(repo, 'data/prepare.py', 'mine.py', '--name=cfg')
+    assert 'Overriding config with mine.py:' in p.stdout
+    assert p.stdout.strip().splitlines()[-1].startswith('24 documents')
+    assert list(json.loads(read(os.path.join(repo, 'data', 'cfg', 'meta.json')))) == ['vocab_size', 'itos']
+    python_files = sorted(f'notes/{f}' for f in os.listdir(os.path.join(repo, 'notes')) if f.endswith('.py'))
+    with open(os.path.join(repo, python_files[-1]), 'a') as f:
+        f.write('\nraise SystemExit("ran as a config file")\n')
+    p = run(repo, 'data/prepare.py', f'--input={python_files[0]}', *python_files[1:], '--name=code', '--tokenizer=char')
+    assert p.stdout.strip().splitlines()[-1].startswith(f'{len(python_files)} documents')
+    for args, expected, status in (
+            (['--input=notes', '--name=x', '--tokenzier=char'],
+             "unknown config key 'tokenzier' (did you mean tokenizer?)", 2),
+            (['--input=notes', '--name=x', '--tokenizer=bep'],
+             "tokenizer must be 'char' or 'gpt2' or 'bpe', got 'bep'", 1),
+            (['--input=notes', '--name=x', '--split=random'], "split must be 'auto' or 'document' or 'position'", 1),
+            (['--input=notes', '--name=x', '--seed=1.5'], 'seed expects an int, got 1.5', 2),
+            (['--input', 'notes', '--name=x'], "'--input' is not of the form --key=value", 2),
+            (['--input=notes'], "give --name: the dataset's directory under data/", 1),
+            (['--name=x'], 'give --input (files, globs, directories) or --hub (a Hub dataset id), one of them', 1)):
+        p = run(repo, 'data/prepare.py', *args, check=False)
+        one_line_error(p, expected)
+        assert p.returncode == status and not os.path.exists(os.path.join(repo, 'data', 'x'))
 
 
 def test_non_utf8_files_can_be_kept_with_replacement_characters(corpus_repo):

@@ -5,7 +5,7 @@ A tiny model trains on CUDA with bfloat16 autocast, with float16 and its gradien
 torch.compile, then samples there; DDP in two processes (NCCL over two GPUs, else gloo on one); FSDP
 trains with bfloat16 and torch.compile, resumes and samples; every model option with Muon (its
 Newton-Schulz in bfloat16 there) trains compiled, resumes and samples past block_size;
-eval.py scores HellaSwag on CUDA as it does on the CPU; bfloat16 and int8 weights (quantize.py)
+eval.py scores HellaSwag on CUDA as it does on the CPU; bfloat16 and int8 weights (nanogpt/quantize.py)
 keep the logits there and sample.
 """
 import copy
@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO, TINY, iter_losses, run
 from model import GPT, GPTConfig
-from loading import reduce_weights
+from conftest import REPO, TINY, iter_losses, run
+from nanogpt.loading import reduce_weights
 
 pytestmark = pytest.mark.cuda
 CUDA = [a for a in TINY if a not in ('--device=cpu', '--dtype=float32')] + ['--device=cuda']

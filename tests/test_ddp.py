@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-import checkpoints
-import loading
+from nanogpt import checkpoints
+from nanogpt import loading
 from conftest import TINY, char_samples_ok, iter_losses, run, spawn, worker_pid
 
 # summation order differs (two ranks' gradients are all-reduced), so equality is up to

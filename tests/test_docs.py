@@ -38,9 +38,9 @@ def settings(script):
     path = os.path.join(REPO, script)
     with open(path, encoding='utf-8') as f:
         source = f.read()
-    names = set(re.findall(r"add_argument\('--(\w+)'", source))
-    if 'openwebtext' in source and not names and script.startswith('data/'):  # a preset of the OpenWebText script
+    if 'runpy.run_path' in source and script.startswith('data/'):  # a preset of the OpenWebText script
         return settings('data/openwebtext/prepare.py')
+    names = set(re.findall(r"add_argument\('--(\w+)'", source))  # plot.py's
     for node in ast.parse(source).body:
         if isinstance(node, ast.Expr) and 'configurator' in ast.unparse(node):
             break

@@ -1,5 +1,5 @@
 """
-Zero-shot evals (tasks.py, eval.py, train.py's hellaswag_interval) on small fixture files:
+Zero-shot evals (nanogpt/tasks.py, eval.py, train.py's hellaswag_interval) on small fixture files:
 HellaSwag and LAMBADA scores equal an independent computation from transformers' logits on
 the same weights; a model with known preferences shows the context masking and where acc and
 acc_norm disagree; padding endings of different lengths changes nothing; 2 DDP processes
@@ -15,10 +15,10 @@ import torch
 from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import tasks
-from util import gpt2_encoding
-from conftest import REPO, make_repo, prepare_dataset, run
 from model import GPT
+from nanogpt import tasks
+from nanogpt.util import gpt2_encoding
+from conftest import REPO, make_repo, prepare_dataset, run
 
 HELLASWAG = [
     {'ctx': 'A man is sitting on a roof. He', 'label': 3,

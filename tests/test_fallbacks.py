@@ -1,5 +1,5 @@
 """
-The private torch APIs behind the speed paths (quantize.py: oneDNN's packed Linear, the int8
+The private torch APIs behind the speed paths (nanogpt/quantize.py: oneDNN's packed Linear, the int8
 weight-only kernel, Inductor's compile of the int8 decoding kernel), each made unavailable as a torch
 release that dropped or changed it would: the public fallback computes the same logits, and train.py
 and sample.py (every weight_dtype) still run, with at most one warning line.
@@ -10,10 +10,10 @@ import copy
 import pytest
 import torch
 
-import quantize
-from conftest import TINY, iter_losses, run
-from loading import reduce_weights
 from model import GPT, GPTConfig
+from nanogpt import quantize
+from conftest import TINY, iter_losses, run
+from nanogpt.loading import reduce_weights
 
 # run a script with private torch APIs gone: python no_private.py <api,api,...> script.py args
 NO_PRIVATE = '''

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from quantize import for_inference
-from conftest import run
-from generate import KVCache, sample_next
 from model import GPT, GPTConfig
+from nanogpt.quantize import for_inference
+from conftest import run
+from nanogpt.generate import KVCache, sample_next
 
 
 @pytest.fixture

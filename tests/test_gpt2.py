@@ -16,9 +16,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from util import gpt2_encoding
-from conftest import REPO, TEXT, make_repo, prepare_dataset, run
 from model import GPT, GPTConfig
+from nanogpt.util import gpt2_encoding
+from conftest import REPO, TEXT, make_repo, one_line_error, prepare_dataset, run
 
 SHAPES = {
     'odd-heads-odd-vocab': dict(n_layer=2, n_head=3, n_embd=48, n_positions=32, vocab_size=101),
@@ -98,9 +98,9 @@ def test_loaded_weights_are_adopted_and_tied(tmp_path):
 PEAK_ANON = """
 import sys
 import torch
-import loading
-from device import PeakMemory
 from model import GPT, GPTConfig
+from nanogpt import loading
+from nanogpt.device import PeakMemory
 with torch.device('meta'):  # the meta device's first use imports ~80 MB of Python: before the baseline
     GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=8))
 with PeakMemory() as mem:  # the process's own memory: the memory-mapped file (page cache) is not in it
@@ -188,7 +188,7 @@ def test_finetune_config_improves_val_loss(bpe_repo):
     run(bpe_repo, 'export.py', '--out_dir=ft')
     hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
     assert json.loads(pathlib.Path(bpe_repo, 'ft', 'hf', 'config.json').read_text())['n_positions'] == 32
-    from loading import model_from_checkpoint
+    from nanogpt.loading import model_from_checkpoint
     ours = model_from_checkpoint(ckpt).eval()
     x = torch.randint(0, 50257, (1, 32))
     with torch.no_grad():
@@ -268,4 +268,8 @@ def test_prepare_openwebtext_offline_is_one_line(tmp_path):
             env={'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf')})
     assert p.returncode == 1 and 'Traceback' not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith('error: could not load Skylion007/openwebtext')
+    assert not os.path.exists(tmp_path / 'out')
+    # its settings are the configurator's, as every script's: a misspelt one is one line naming the real one
+    p = run(REPO, 'data/fineweb_edu/prepare.py', f'--out_dir={tmp_path / "out"}', '--data_file=x.parquet', check=False)
+    one_line_error(p, "unknown config key 'data_file' (did you mean data_files?)")
     assert not os.path.exists(tmp_path / 'out')

@@ -31,8 +31,8 @@ def optimizer_file(out_dir):
 def adapter_model(out_dir):
     """The model a LoRA checkpoint describes, adapters unmerged: its frozen base (from the optimizer file) and
     adapters."""
-    from loading import model_from_checkpoint
-    from lora import add_adapters, load_adapters, restore_base
+    from nanogpt.loading import model_from_checkpoint
+    from nanogpt.lora import add_adapters, load_adapters, restore_base
     ckpt = load(out_dir, 'ckpt.pt')
     model = add_adapters(model_from_checkpoint(ckpt, dropout=0.0), ckpt['lora'])
     restore_base(model, optimizer_file(out_dir)['lora_base'])
@@ -83,7 +83,8 @@ def test_lora_finetune_on_a_second_text_lowers_its_val_loss_and_merges_exactly(t
               '--eval_interval=30', '--lr_decay_iters=30', '--out_dir=lora').stdout
     val = [float(v) for v in re.findall(r'^step \d+: train loss [\d.]+, val loss ([\d.]+)', out, re.M)]
     assert len(val) == 2 and val[1] < val[0] - 0.3, out  # the stated margin: 0.3 nats per character
-    merged = __import__('loading').model_from_checkpoint(load(two_texts, 'lora', 'ckpt.pt'), dropout=0.0).eval()
+    from nanogpt.loading import model_from_checkpoint
+    merged = model_from_checkpoint(load(two_texts, 'lora', 'ckpt.pt'), dropout=0.0).eval()
     x = torch.randint(merged.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert (merged(x, x)[0] - adapter_model(os.path.join(two_texts, 'lora'))(x, x)[0]).abs().max().item() < 1e-5

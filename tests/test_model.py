@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import REPO, script_env
 from model import GPT, GPTConfig
+from conftest import REPO, script_env
 
 
 def test_inference_computes_last_position_only():
@@ -75,7 +75,7 @@ def test_flops_per_token_are_the_steps_own(options):
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=64, block_size=32, vocab_size=97, spelled_out_keys=32, **options))
     if lora:
-        from lora import add_adapters, lora_settings
+        from nanogpt.lora import add_adapters, lora_settings
         add_adapters(model, lora_settings(4, 16, 0.0, 'c_attn,c_proj,c_fc'))
     x = torch.randint(0, 97, (2, 32))
 
@@ -115,7 +115,7 @@ out = model.eval().generate(x[:, :4], 20, temperature=0.8, top_k=5)  # past bloc
 greedy = model.generate(x[:, :4], 3, temperature=0)
 assert out.shape == (2, 24) and greedy.shape == (2, 7) and 0 < mfu < 1
 try:
-    model.generate(x[:, :4], 3, top_p=0.9)  # generate.py's controls need generate.py
+    model.generate(x[:, :4], 3, top_p=0.9)  # top_p is nanogpt/generate.py's
 except ModuleNotFoundError as e:
     print('alone', e.name)
 """
@@ -126,4 +126,4 @@ def test_model_py_stands_alone(tmp_path):
     env = {k: v for k, v in script_env().items() if k != 'PYTHONPATH'}
     p = subprocess.run([sys.executable, '-c', ALONE], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
-    assert p.returncode == 0 and p.stdout.strip() == 'alone generate', p.stdout + p.stderr
+    assert p.returncode == 0 and p.stdout.strip() == 'alone nanogpt', p.stdout + p.stderr

@@ -12,10 +12,10 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, char_samples_ok, iter_losses, one_line_error, run
-from generate import KVCache
 from model import GPT, GPTConfig, alibi_slopes, rotate
-from muon import MuonAdamW, orthogonalize
+from conftest import TINY, char_samples_ok, iter_losses, one_line_error, run
+from nanogpt.generate import KVCache
+from nanogpt.optim import MuonAdamW, orthogonalize
 
 OPTIONS = [dict(pos_encoding='rotary'), dict(pos_encoding='alibi'), dict(qk_norm=True), dict(activation='relu2'),
            dict(norm='rmsnorm'), dict(tie_weights=False), dict(tie_weights=False, zero_init_proj=True),

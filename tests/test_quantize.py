@@ -1,5 +1,5 @@
 """
-Weight-only bfloat16 and int8 for sampling (quantize.py, sample.py --weight_dtype): the logits
+Weight-only bfloat16 and int8 for sampling (nanogpt/quantize.py, sample.py --weight_dtype): the logits
 stay within a few thousandths of float32's on every path (many positions, one, packed), also with a
 large offset shared by every logit (GPT-2's head has one; the head's mean row is kept apart for
 it), greedy tokens agree, the int8 decoding kernel compiles and is exact, sample.py samples with
@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
-from conftest import char_samples_ok, run
 from model import GPT, GPTConfig
-from loading import reduce_weights
-from quantize import LowPrecisionLinear, _matvec, for_inference, matvec_kernel
+from conftest import char_samples_ok, run
+from nanogpt.loading import reduce_weights
+from nanogpt.quantize import LowPrecisionLinear, _matvec, for_inference, matvec_kernel
 
 
 @pytest.mark.parametrize('weight_dtype', ['bfloat16', 'int8'])

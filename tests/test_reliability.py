@@ -17,12 +17,12 @@ import time
 import pytest
 import torch
 
-import checkpoints
-import device
-import loading
+from nanogpt import checkpoints
+from nanogpt import device
+from nanogpt import loading
 from conftest import REPO, TINY, char_samples_ok, digest, iter_losses, one_line_error, run, spawn
-from device import setup_device
-from util import UsageError
+from nanogpt.device import setup_device
+from nanogpt.util import UsageError
 
 def test_kill_9_never_leaves_a_broken_checkpoint(repo):
     """kill -9 while checkpoints are being written and while training; what is on disk always works."""
@@ -379,7 +379,7 @@ def test_scratch_over_a_checkpoint_says_so(trained_copy):
 def test_library_code_raises_its_usage_error_and_a_script_prints_it_in_one_line(trained_copy):
     """From a plain Python process a missing checkpoint is an exception to catch (a notebook keeps its kernel),
     not an exit; the scripts print the same error as one line."""
-    p = run(REPO, '-c', 'import checkpoints, util\n'
+    p = run(REPO, '-c', 'from nanogpt import checkpoints, util\n'
             'try:\n    checkpoints.load_checkpoint("missing/ckpt.pt")\n'
             'except util.UsageError as e:\n    print("raised:", e)')
     assert p.stdout.strip() == 'raised: no checkpoint at missing/ckpt.pt (train one first, or check --out_dir)'

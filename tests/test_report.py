@@ -54,8 +54,8 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
     clipped since the last line, the update-to-weight RMS ratio, tokens/s and peak memory. Iteration
     0's norm and ratio equal a step recomputed here from the same initial weights and batch.
     """
-    import optim
-    from dataloader import get_batch, open_split
+    from nanogpt import optim
+    from nanogpt.dataloader import get_batch, open_split
     from model import GPT, GPTConfig
     args = [*TINY, '--max_iters=6', '--eval_interval=5', '--log_interval=2', '--grad_clip=0.5',
             '--wandb_log=True', '--wandb_project=t', '--out_dir=out']
@@ -94,7 +94,7 @@ def test_health_on_log_lines_in_metrics_and_wandb(repo):
 def stepped(model, optimizer, x, measure, scaler=None):
     """One training step of model on x (its output's mean square), as train.py takes it; with measure, the
     update's size as its log lines read it."""
-    import optim
+    from nanogpt import optim
     scaler = scaler or torch.amp.GradScaler('cpu', enabled=False)
     scaler.scale(model(x).square().mean()).backward()
     norm = optim.optimizer_step(model, optimizer, scaler, 0.0, measure=measure)
@@ -140,7 +140,7 @@ def test_update_size_is_the_steps_own(kind):
 def test_measuring_the_update_holds_no_copy_of_the_weights():
     """A step that measures its update peaks no higher than one that does not: nothing like a copy of the weights
     (here 48 MiB of them) is made."""
-    from device import PeakMemory
+    from nanogpt.device import PeakMemory
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024, bias=False) for _ in range(12)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)

@@ -51,7 +51,7 @@ def test_freed_activations_go_back_to_the_os_at_once():
     """
     code = '''
 import sys, torch
-from device import return_freed_memory_at_once, rss_anon
+from nanogpt.device import return_freed_memory_at_once, rss_anon
 assert return_freed_memory_at_once()
 mib = 2**20
 warm = [torch.ones(6 * mib // 4) for _ in range(2)]

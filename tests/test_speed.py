@@ -1,5 +1,5 @@
 """
-The fast paths compute the same thing as the plain ones: spelled-out attention (a route autotune.py
+The fast paths compute the same thing as the plain ones: spelled-out attention (a route nanogpt/autotune.py
 may choose) equals scaled_dot_product_attention (training, and generation with a KV cache), and
 training on oneDNN's float32 matmuls, where they are exact, tracks MKL's.
 Speed itself is measured by bench.py, never asserted here. Run: python -m pytest tests/test_speed.py
@@ -7,9 +7,9 @@ Speed itself is measured by bench.py, never asserted here. Run: python -m pytest
 import pytest
 import torch
 
-import autotune
-from generate import KVCache
 from model import GPT, GPTConfig
+from nanogpt import autotune
+from nanogpt.generate import KVCache
 
 
 def _loss_and_grads(model, x, y):

@@ -106,10 +106,10 @@ base = [PY, 'bench.py', '--dataset=none', *SHAPE, *DEVICE, *STEPS]
 compiled = [] if dry_run else ['--compile=True']
 batch = [] if dry_run else [f'--batch_size={B}']
 
-# 1. GPT-2 124M training in bfloat16 beside nanoGPT's own bench.py (tools/nanogpt, its code unchanged) at the
+# 1. GPT-2 124M training in bfloat16 beside nanoGPT's own bench.py (tools/nanoGPT, its code unchanged) at the
 # same shape and batch; its bench.py needs CUDA (it calls torch.cuda.synchronize), so a dry run only builds its
 # model and trains a step there
-nano_dir = os.path.join(ROOT, 'tools', 'nanogpt')
+nano_dir = os.path.join(ROOT, 'tools', 'nanoGPT')
 ours = ([*base, *compiled, *batch], train_result, ROOT)
 if dry_run:
     nano = ([PY, '-c', (

@@ -8,28 +8,31 @@ $ python data/openwebtext/prepare.py --dataset=some-user/some-text  # another Hu
 $ python data/openwebtext/prepare.py --data_files='corpus/*.jsonl'  # local .jsonl/.json/.parquet/.txt files
 (data/fineweb_edu/prepare.py runs this script for FineWeb-Edu.)
 """
-import argparse
 import os
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for corpus.py
-from corpus import prepare  # noqa: E402
-from util import report_usage_errors  # noqa: E402
+root = os.path.dirname(os.path.dirname(here))
+sys.path.insert(0, root)  # the repository root, for nanogpt/
+from nanogpt.corpus import prepare  # noqa: E402
+from nanogpt.util import check_settings, report_usage_errors  # noqa: E402
 
 report_usage_errors()  # library code's bad-input errors: one line
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-parser.add_argument('--dataset', default='Skylion007/openwebtext', help='Hugging Face Hub dataset id')
-parser.add_argument('--name', default=None, help="the dataset's configuration, e.g. sample-10BT")
-parser.add_argument('--data_files', default=None, help='local files (a glob) to use instead of the Hub')
-parser.add_argument('--out_dir', default=here, help='where train.bin and val.bin go')
-parser.add_argument('--val_fraction', type=float, default=0.0005, help='share of documents held out for val')
-parser.add_argument('--num_proc', type=int, default=os.cpu_count(), help='tokenizing threads')
-parser.add_argument('--seed', type=int, default=2357)
-args = parser.parse_args()
+# -----------------------------------------------------------------------------
+dataset = 'Skylion007/openwebtext'  # Hugging Face Hub dataset id
+name = ''  # the dataset's configuration, e.g. sample-10BT
+data_files = ''  # local files (a glob) to use instead of the Hub
+out_dir = here  # where train.bin and val.bin go
+val_fraction = 0.0005  # share of documents held out for val
+num_proc = 0  # tokenizing threads (0: every core)
+seed = 2357  # the shuffle that picks the val documents
+# -----------------------------------------------------------------------------
+exec(open(os.path.join(root, 'configurator.py')).read())  # overrides from command line or config file
+# -----------------------------------------------------------------------------
+check_settings(globals(), non_negative=('num_proc',))
 
 # data/prepare.py's work, with this corpus's defaults: whole documents held out, shuffled by seed
-prepare(args.out_dir, 'gpt2', [args.data_files] if args.data_files else (), None if args.data_files else args.dataset,
-        args.name, val_fraction=args.val_fraction, split='document', seed=args.seed, num_proc=args.num_proc,
-        dataset=os.path.basename(os.path.abspath(args.out_dir)))
+prepare(out_dir, 'gpt2', [data_files] if data_files else (), None if data_files else dataset, name or None,
+        val_fraction=val_fraction, split='document', seed=seed, num_proc=num_proc or None,
+        dataset=os.path.basename(os.path.abspath(out_dir)))

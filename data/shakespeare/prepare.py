@@ -6,10 +6,10 @@ import os
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for corpus.py
-from corpus import prepare  # noqa: E402
-from util import download  # noqa: E402
-from util import report_usage_errors  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(here)))  # the repository root, for nanogpt/
+from nanogpt.corpus import prepare  # noqa: E402
+from nanogpt.util import download  # noqa: E402
+from nanogpt.util import report_usage_errors  # noqa: E402
 
 report_usage_errors()  # library code's bad-input errors: one line
 

@@ -12,8 +12,8 @@ from contextlib import ExitStack
 import numpy as np
 from tqdm import tqdm
 
-from tokenizer import Tokenizer, train_bpe
-from util import UsageError, write_error, written
+from nanogpt.tokenizer import Tokenizer, train_bpe
+from nanogpt.util import UsageError, write_error, written
 
 TABLES = {'.jsonl': 'json', '.json': 'json', '.parquet': 'parquet'}  # read through datasets' packaged builders
 CHUNK = 1 << 20  # characters of a text file read at a time

@@ -157,8 +157,8 @@ def hellaswag_during_training(model, hellaswag, block_size, device, ctx, rank, w
 def hellaswag_for_training(meta, dataset, limit=0):
     """HellaSwag's first limit examples (0: all) and the encoder of dataset (meta: its meta.json), for zero-shot
     accuracy during training: one line if the dataset is character-level or HellaSwag is not prepared."""
-    from tokenizer import from_meta
-    from util import UsageError
+    from nanogpt.tokenizer import from_meta
+    from nanogpt.util import UsageError
     if meta['tokenizer'] == 'char':
         raise UsageError(f"hellaswag_interval needs a BPE dataset; {dataset} is character-level")
     path = default_file('hellaswag')

@@ -1,16 +1,14 @@
 """
 A run's out_dir: one run at a time (the lock), Ctrl-C that ends the run with one line and never
-midway through a save, and metrics.jsonl, the record of its losses and health.
+midway through a save.
 """
 import atexit
-import errno
-import json
 import os
 import signal
 import sys
 from contextlib import contextmanager
 
-from util import UsageError, write_error, written
+from nanogpt.util import UsageError, write_error
 
 
 def lock_out_dir(out_dir):
@@ -98,38 +96,3 @@ class ExitOnInterrupt:
             self.deferring = False
         if self.pending:
             self._stop()
-
-
-class MetricsLog:
-    """
-    out_dir/metrics.jsonl: one JSON object per log line and per evaluation, each with its 'iter',
-    so a run can be read or plotted without wandb. A run started at iteration iter_num (a resume)
-    keeps the entries of the iterations before it and drops the rest, which it is about to redo:
-    the record never holds an iteration twice.
-    """
-
-    def __init__(self, path, iter_num):
-        self.path = path
-        kept = []
-        if iter_num > 0 and os.path.isfile(path):
-            with open(path, encoding='utf-8') as f:
-                for line in f:
-                    try:
-                        if json.loads(line)['iter'] < iter_num:
-                            kept.append(line if line.endswith('\n') else line + '\n')
-                    except (ValueError, KeyError, TypeError):
-                        pass  # a line cut short by a kill
-        with written(path) as f:
-            f.write(''.join(kept).encode('utf-8'))
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-
-    def log(self, **entry):
-        """One entry, a whole line (written unbuffered: a full disk cuts off nothing, and fails here)."""
-        line = (json.dumps(entry) + '\n').encode('utf-8')
-        end = os.lseek(self.fd, 0, os.SEEK_END)
-        try:
-            if os.write(self.fd, line) != len(line):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # so: the disk took part of the line
-        except OSError as e:
-            os.ftruncate(self.fd, end)
-            raise UsageError(write_error(self.path, e))

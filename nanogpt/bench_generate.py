@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import torch
 
-from device import PeakMemory, stream_bandwidth
-from generate import generate, generation_speed
-from loading import load_model
 from model import GPT
-from quantize import for_inference, weight_bytes
-from tasks import token_losses
-from util import UsageError
+from nanogpt.device import PeakMemory, stream_bandwidth
+from nanogpt.generate import generate, generation_speed
+from nanogpt.loading import load_model
+from nanogpt.quantize import for_inference, weight_bytes
+from nanogpt.tasks import token_losses
+from nanogpt.util import UsageError
 
 
 def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
@@ -43,7 +43,7 @@ def generation_source(init_from, out_dir, trust, model_args, seed, tmp):
             return 'resume', None, out_dir
     if os.path.isdir(init_from):
         return init_from, init_from, init_from
-    import hf_gpt2
+    from nanogpt import hf_gpt2
     try:
         return init_from, hf_gpt2.hub_snapshot(init_from), init_from
     except ValueError as e:  # not a GPT-2 name, or no network: as load_model says it

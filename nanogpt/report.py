@@ -3,10 +3,12 @@ What a training run reports, from its master process: nanoGPT's log lines follow
 health and progress, out_dir/metrics.jsonl, wandb when asked, and the summary at the end.
 """
 
+import errno
+import json
 import os
 import time
 
-from out_dir import MetricsLog
+from nanogpt.util import UsageError, write_error, written
 
 
 def format_duration(seconds):
@@ -99,3 +101,38 @@ class Report:
     def finish(self):
         if self.wandb:
             self.wandb.finish()
+
+
+class MetricsLog:
+    """
+    out_dir/metrics.jsonl: one JSON object per log line and per evaluation, each with its 'iter',
+    so a run can be read or plotted without wandb. A run started at iteration iter_num (a resume)
+    keeps the entries of the iterations before it and drops the rest, which it is about to redo:
+    the record never holds an iteration twice.
+    """
+
+    def __init__(self, path, iter_num):
+        self.path = path
+        kept = []
+        if iter_num > 0 and os.path.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                for line in f:
+                    try:
+                        if json.loads(line)['iter'] < iter_num:
+                            kept.append(line if line.endswith('\n') else line + '\n')
+                    except (ValueError, KeyError, TypeError):
+                        pass  # a line cut short by a kill
+        with written(path) as f:
+            f.write(''.join(kept).encode('utf-8'))
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    def log(self, **entry):
+        """One entry, a whole line (written unbuffered: a full disk cuts off nothing, and fails here)."""
+        line = (json.dumps(entry) + '\n').encode('utf-8')
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            if os.write(self.fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # so: the disk took part of the line
+        except OSError as e:
+            os.ftruncate(self.fd, end)
+            raise UsageError(write_error(self.path, e))

@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import torch
 
-import hf_gpt2
-from checkpoints import load_checkpoint, strip_prefixes
 from model import GPT, GPTConfig
-from quantize import WEIGHT_DTYPES, reduce_tensor, swap_in_low_precision
-from tokenizer import GPT2, read_meta
-from util import UsageError
+from nanogpt import hf_gpt2
+from nanogpt.checkpoints import load_checkpoint, strip_prefixes
+from nanogpt.quantize import WEIGHT_DTYPES, reduce_tensor, swap_in_low_precision
+from nanogpt.tokenizer import GPT2, read_meta
+from nanogpt.util import UsageError
 
 
 def build_model(config, weights, weight_dtype='float32'):

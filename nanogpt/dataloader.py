@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from util import UsageError
+from nanogpt.util import UsageError
 
 
 def open_split(data_dir, split, block_size, dtype='uint16'):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autotune import machine, race, relative_error
+from nanogpt.autotune import machine, race, relative_error
 
 WEIGHT_DTYPES = ('float32', 'bfloat16', 'int8')
 

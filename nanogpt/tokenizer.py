@@ -5,7 +5,7 @@ corpus with Hugging Face tokenizers; what data/<dataset>/meta.json says, and its
 import json
 import os
 
-from util import UsageError, gpt2_encoding
+from nanogpt.util import UsageError, gpt2_encoding
 
 EOT = '<|endoftext|>'
 # GPT-2's pre-tokenization, tiktoken r50k_base's pattern (and tokenizers' ByteLevel regex)

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 
-from util import UsageError, write_error, written
+from nanogpt.util import UsageError, write_error, written
 
 
 def lora_settings(rank, alpha, dropout, targets):

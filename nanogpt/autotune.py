@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from util import written
+from nanogpt.util import written
 
 PROBE_SECONDS = 1.0  # the most a probe takes, whatever the run
 PROBE_SHARE = 0.02  # ... and at most this share of the run's estimated time
@@ -270,7 +270,7 @@ def cpu_route(config, batch_size, block_size, dtype, run_flops, probe=True, save
     if route is None:
         route = choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe)
         if ddp:
-            from distributed import broadcast_object
+            from nanogpt.distributed import broadcast_object
             route = broadcast_object(route)
     return route
 

@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from util import UsageError
+from nanogpt.util import UsageError
 
 
 def pick_device(device='auto', local_rank=0):

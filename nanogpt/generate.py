@@ -9,7 +9,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from device import synchronize
+from nanogpt.device import synchronize
 
 
 class KVCache:

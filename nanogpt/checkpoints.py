@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from model import MODEL_OPTIONS
-from util import UsageError, os_error, write_error, written
+from nanogpt.util import UsageError, os_error, write_error, written
 
 
 def strip_prefixes(state_dict):
