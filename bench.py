@@ -18,7 +18,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from model import GPT, MODEL_OPTIONS, GPTConfig
-from nanogpt.autotune import choose_cpu_route
+from nanogpt.autotune import choose_cpu_route, measured_run
 from nanogpt.bench_generate import generation_source, quality_table, speed_table
 from nanogpt.dataloader import get_batch
 from nanogpt.device import PeakMemory, autocast, available_memory, maybe_compile, measured_matmul_flops, rss_anon
@@ -193,7 +193,7 @@ def bench_train():
     route = None
     if device.type == 'cpu':  # as train.py does: the fastest exact route at these shapes
         route = choose_cpu_route(raw_model.config, batch_size, block_size, config_dtype,
-                                 raw_model.flops_per_token() * batch_size * block_size * (10 + num_steps), autotune)
+                                 measured_run(raw_model, batch_size, block_size, 10 + num_steps), autotune)
         route.apply(raw_model)
         dtype, ctx = route.dtype, autocast(device, route.dtype)
     if float8:

@@ -12,7 +12,7 @@ import os
 import time
 
 from nanogpt import tasks
-from nanogpt.autotune import cpu_route
+from nanogpt.autotune import cpu_route, measured_run
 from nanogpt.device import autocast, exit_on_out_of_memory, setup_device
 from nanogpt.distributed import ddp_ranks, end_ddp, start_ddp
 from nanogpt.loading import load_model
@@ -68,7 +68,8 @@ if meta['tokenizer'] == 'char':
 model.to(device)
 if device.type == 'cpu':  # the fastest exact route for a forward at this model's shapes
     route = cpu_route(model.config, batch_size, model.config.block_size, config_dtype,
-                      model.flops_per_token() / 3 * 100 * (limit or 10_000), autotune and rank == 0, ddp=ddp)
+                      measured_run(model, batch_size, model.config.block_size, 4 * (limit or 10_000) // batch_size + 1,
+                                   backward=False), autotune and rank == 0, ddp=ddp)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
 encode = from_meta(meta).encode  # GPT-2's BPE, or the one the model was trained with

@@ -28,10 +28,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import MODEL_OPTIONS
 from nanogpt import tasks
-from nanogpt.autotune import cpu_route
+from nanogpt.autotune import cpu_route, measured_run
 from nanogpt.checkpoints import load_checkpoint, load_optimizer_state, restore_optimizer, resume_settings, save_training
 from nanogpt.checkpoints import starting_point
 from nanogpt.dataloader import BatchRamp, get_batch, open_split, run_vocab_size, warn_if_data_is_small
+from nanogpt.dataloader import warn_if_passes_are_many
 from nanogpt.device import autocast, exit_on_out_of_memory, maybe_compile, peak_flops as find_peak_flops, peak_memory
 from nanogpt.device import return_freed_memory_at_once, setup_device
 from nanogpt.distributed import ddp_ranks, end_ddp, shard_model, start_ddp
@@ -215,8 +216,9 @@ model.config.activation_checkpointing = activation_checkpointing
 # on a CPU: the fastest exact route at this run's shapes (a resume keeps its run's, for a bit-exact continuation)
 route = None
 if device.type == 'cpu':
+    passes = gradient_accumulation_steps // ddp_world_size * max(max_iters - iter_num, 1)
     route = cpu_route(model.config, batch_size, block_size, config['dtype'],
-                      model.flops_per_token() * tokens_per_iter * max(max_iters - iter_num, 1),
+                      measured_run(model, batch_size, block_size, passes),
                       autotune and master_process, checkpoint and checkpoint.get('speed_choices'), ddp)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
@@ -226,6 +228,8 @@ if master_process:
 vocab_size = run_vocab_size(meta, model.config.vocab_size, data_dir, dict(train=train_data, val=val_data))
 if init_from == 'scratch' and master_process:
     warn_if_data_is_small(model.get_num_params(), len(train_data), dataset)
+if master_process and not eval_only:
+    warn_if_passes_are_many(max_iters, tokens_per_iter, len(train_data), dataset)
 adapters = optimizer_state = None
 if lora_rank:  # LoRA: adapters train beside frozen weights
     from nanogpt.lora import Adapters

@@ -13,7 +13,7 @@ import torch
 
 from nanogpt.util import written
 
-PROBE_SECONDS = 1.0  # the most a probe takes, whatever the run
+PROBE_SECONDS = 1.0  # the most a probe takes, unless a race needs more and the run's share covers it
 PROBE_SHARE = 0.02  # ... and at most this share of the run's estimated time
 
 
@@ -198,12 +198,38 @@ def probe_block(config, B, T):
     return probe, x
 
 
-def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=True, log=print, timer=time_rounds):
+def measured_run(model, batch_size, block_size, passes, backward=True):
+    """
+    The run's expected wall time, as choose_cpu_route takes it: a callable that times one forward (and backward)
+    pass of model itself at batch_size x block_size, as PyTorch runs it by default, and counts passes of them. The
+    whole model is timed, not its FLOPs counted, so a small model's per-step overhead is in it. Its second pass is
+    timed (the first pays one-time costs) unless the first took over a second. Its tokens come from a generator of
+    its own; the run's random streams and the model's gradients are left as they were.
+    """
+    def seconds():
+        x = torch.randint(model.config.vocab_size, (batch_size, block_size), generator=torch.Generator().manual_seed(0))
+        grads = [p.grad for p in model.parameters()]
+        took = []
+        with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(backward):
+            while len(took) < 2 and sum(took) <= 1.0:
+                t0 = time.perf_counter()
+                loss = model(x, x)[1]
+                if backward:
+                    loss.backward()
+                took.append(time.perf_counter() - t0)
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        return took[-1] * passes
+    return seconds
+
+
+def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, log=print, timer=time_rounds):
     """
     The fastest exact training route on this CPU for a model of config trained at batch_size x block_size:
-    dtype is the setting ('auto' races bfloat16 against float32; any other is kept), run_flops the run's
-    whole work (to keep the probe within PROBE_SHARE of it). Without probe, or for a run too short to
-    probe, PyTorch's defaults. Returns a Route.
+    dtype is the setting ('auto' races bfloat16 against float32; any other is kept), run_seconds the run's
+    expected wall time (a number, or measured_run's callable, called only when a probe is to run), which keeps
+    the probe within PROBE_SHARE of it. Without probe, or for a run too short to probe, PyTorch's defaults.
+    Returns a Route.
     """
     fixed = 'float32' if dtype == 'auto' else dtype
     if fixed not in ('float32', 'bfloat16'):  # float16 on a CPU: nothing to race
@@ -245,15 +271,16 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
         tolerance = 1e-4 if route.dtype == 'float32' else 0.1
         return all(torch.isfinite(g).all() for g in got) and relative_error(reference, got) <= tolerance
 
-    # the run's length from the reference's own speed, so that a short run is not slowed by its probe; timed
-    # on its second call, as the first pays one-time costs (kernel selection, allocations)
+    # what a race needs: three rounds of each candidate, at the reference's speed (timed on its second call, as
+    # the first pays one-time costs); it runs where PROBE_SHARE of the run's measured time covers that
     run(candidates[0])
     t0 = time.perf_counter()
     run(candidates[0])
     step = time.perf_counter() - t0
-    probe_flops = 6 * 12 * config.n_embd ** 2 * x.size(0) * x.size(1)
-    budget = min(PROBE_SECONDS, PROBE_SHARE * step * run_flops / probe_flops)
-    if timer is time_rounds and budget < 3 * step * len(candidates):
+    need = 3 * step * len(candidates)
+    share = PROBE_SHARE * (run_seconds() if callable(run_seconds) else run_seconds)
+    budget = min(share, max(PROBE_SECONDS, need))
+    if timer is time_rounds and budget < need:
         log(f"speed choices: the run is too short to probe them; {candidates[0].name}")
         torch.set_float32_matmul_precision(baseline)
         return candidates[0]
@@ -263,12 +290,12 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe=Tru
     return by_name[chosen]
 
 
-def cpu_route(config, batch_size, block_size, dtype, run_flops, probe=True, saved=None, ddp=False):
+def cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, saved=None, ddp=False):
     """The route of a run on CPUs: its checkpoint's (saved, for a bit-exact resume), else choose_cpu_route's,
     measured on rank 0 (probe there alone) and taken by every rank under DDP."""
     route = restore_route(saved, dtype)
     if route is None:
-        route = choose_cpu_route(config, batch_size, block_size, dtype, run_flops, probe)
+        route = choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe)
         if ddp:
             from nanogpt.distributed import broadcast_object
             route = broadcast_object(route)

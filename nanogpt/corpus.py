@@ -368,6 +368,39 @@ def prepare(out_dir, tokenizer='gpt2', inputs=(), hub=None, hub_config=None, tex
         print(line + f"too few tokens for a model of {params(2, 2, 64, tok.vocab_size) / 1e6:.2g}M params (20 a "
               f"token); give more text{smaller}")
     else:
-        print(line + f"a model of about {params(*shape, tok.vocab_size) / 1e6:.2g}M params fits; python train.py "
-              f"config/train_shakespeare_char.py --dataset={name} --out_dir=out-{name} --n_layer={shape[0]} "
-              f"--n_head={shape[1]} --n_embd={shape[2]}")
+        print(line + advice(name, n_tokens['train'], tok.vocab_size, shape, _has_cuda()))
+
+
+# the recipes the advice starts from: (config file, tokens an iteration, most iterations, largest shape)
+RECIPES = {'cpu': ('config/train_shakespeare_char_cpu.py', 12 * 64, 2000, (4, 4, 128)),
+           'cuda': ('config/train_shakespeare_char.py', 64 * 256, 5000, (8, 8, 512))}
+PASSES = 10  # over the training tokens: enough to learn them, far from learning them by heart
+
+
+def advice(name, train_tokens, vocab_size, shape, cuda):
+    """
+    A model that fits the data (shape, at most the recipe's) and a command that trains it in minutes on this
+    machine: the CPU recipe, or on a CUDA GPU the GPU one, for PASSES passes over the training tokens (at least
+    200 iterations, at most the recipe's own), evaluated four times or every 250 iterations, the last at the end.
+    """
+    config, tokens_per_iter, most, largest = RECIPES['cuda' if cuda else 'cpu']
+    shape = min(shape, largest)
+    iters = max(200, min(most, round(PASSES * train_tokens / tokens_per_iter)))
+    interval = min(250, -(-iters // 4))  # four evaluations (each may save a checkpoint), the last one at the end
+    iters = interval * -(-iters // interval)
+    shape_args = '' if shape == largest and not cuda else \
+        f" --n_layer={shape[0]} --n_head={shape[1]} --n_embd={shape[2]}"
+    return (f"a model of about {params(*shape, vocab_size) / 1e6:.2g}M params fits; python train.py {config} "
+            f"--dataset={name} --out_dir=out-{name}{shape_args} --max_iters={iters} --lr_decay_iters={iters} "
+            f"--eval_interval={interval}")
+
+
+def _has_cuda():
+    """Whether this machine has an NVIDIA GPU the run can use: the driver's list of GPUs, read without importing torch
+    (the preparers start fast and need none); CUDA_VISIBLE_DEVICES set empty hides them, as from torch."""
+    if os.environ.get('CUDA_VISIBLE_DEVICES') in ('', '-1'):
+        return False
+    try:
+        return bool(os.listdir('/proc/driver/nvidia/gpus'))
+    except OSError:
+        return False

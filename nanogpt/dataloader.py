@@ -65,6 +65,19 @@ def warn_if_data_is_small(n_params, train_tokens, dataset):
               f"or more data (data/prepare.py's last line suggests a size)")
 
 
+PASSES_WARNED = 100  # passes over the training set past which a run warns: more than any recipe in config/ makes
+
+
+def warn_if_passes_are_many(max_iters, tokens_per_iter, train_tokens, dataset):
+    """A run that passes over its training set far more often than any recipe learns it by heart by construction."""
+    passes = max_iters * tokens_per_iter / max(train_tokens, 1)
+    if passes > PASSES_WARNED:
+        fewer = max(1, round(20 * train_tokens / tokens_per_iter))
+        print(f"warning: {max_iters:,} iterations of {tokens_per_iter:,} tokens pass over the {train_tokens:,} "
+              f"training tokens of {dataset} {passes:,.0f} times: the model will learn them by heart, and the run "
+              f"takes longer than it needs; --max_iters={fewer} --lr_decay_iters={fewer} is 20 passes (or more data)")
+
+
 def get_batch(data, batch_size, block_size, seed, device, vocab_size=None):
     """
     batch_size random windows of data as (x, y), y shifted by one token. The windows depend

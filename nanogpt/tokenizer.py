@@ -14,7 +14,7 @@ KINDS = ('char', 'gpt2', 'bpe')
 GPT2 = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}  # a dataset without meta.json
 
 
-def _byte_to_unicode():
+def byte_to_unicode():
     """
     GPT-2's printable stand-in for each byte, in which tokenizer.json writes byte-level tokens; written
     here because only transformers has it, and the preparer must start without importing transformers.
@@ -44,7 +44,7 @@ class Tokenizer:
         else:  # tiktoken encodes with the trained merges: the ranks are the token ids, as in tiktoken's own files
             import tiktoken
             spec = json.loads(tokenizer_json)
-            to_byte = {u: b for b, u in _byte_to_unicode().items()}
+            to_byte = {u: b for b, u in byte_to_unicode().items()}
             ranks = {bytes(to_byte[u] for u in token): i for token, i in spec['model']['vocab'].items()}
             special = {t['content']: t['id'] for t in spec['added_tokens']}
             self._enc = tiktoken.Encoding('bpe', pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special)
@@ -71,16 +71,56 @@ class Tokenizer:
             return ''.join(self.itos[i] for i in ids)
         return self._enc.decode(ids)
 
+    def bpe_tables(self):
+        """
+        A BPE's tokens by id (bytes as GPT-2's printable stand-ins, as tokenizer.json and GGUF write them),
+        <|endoftext|> last, and its merges ('a b', in rank order). tiktoken holds GPT-2's as ranks, not merges: each
+        token's merge is the last split that byte-pair merging with the ranks below its own leaves (what transformers'
+        tiktoken converter does, by hand here since that converter needs blobfile).
+        """
+        if self.kind == 'bpe':
+            spec = json.loads(self.tokenizer_json)
+            tokens = [None] * self.vocab_size
+            for token, i in spec['model']['vocab'].items():
+                tokens[i] = token
+            for added in spec['added_tokens']:
+                tokens[added['id']] = added['content']
+            return tokens, [m if isinstance(m, str) else ' '.join(m) for m in spec['model']['merges']]
+        to_unicode = byte_to_unicode()
+        ranks = {self._enc.decode_single_token_bytes(i): i for i in range(self.eot)}
+        tokens, merges = [], []
+        for token, rank in ranks.items():  # in rank order
+            tokens.append(''.join(to_unicode[b] for b in token))
+            parts = [bytes([b]) for b in token]
+            while len(parts) > 2:
+                pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+                best, i = min(pairs)
+                if best >= rank:
+                    break
+                parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            if len(parts) == 2:
+                merges.append(' '.join(''.join(to_unicode[b] for b in p) for p in parts))
+        return tokens + [EOT], merges
+
     def hf_tokenizer(self):
-        """The same tokenizer for transformers (PreTrainedTokenizerFast) of a character vocabulary or trained BPE."""
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models
+        """The same tokenizer for transformers (PreTrainedTokenizerFast), built offline (GPT-2's from its ranks)."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
         if self.kind == 'char':  # a BPE without merges splits text into its characters
             tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(self.itos)}, merges=[]))
             tok.decoder = decoders.Fuse()
             return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False)
-        return PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(self.tokenizer_json), eos_token=EOT,
-                                       bos_token=EOT, unk_token=EOT, clean_up_tokenization_spaces=False)
+        if self.kind == 'bpe':
+            tok = HFTokenizer.from_str(self.tokenizer_json)
+        else:
+            tokens, merges = self.bpe_tables()
+            tok = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens[:-1])},
+                                         merges=[tuple(m.split(' ')) for m in merges]))
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)  # GPT-2's
+            tok.decoder = decoders.ByteLevel()
+            tok.add_special_tokens([EOT])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=EOT,
+                                       clean_up_tokenization_spaces=False)
 
 
 def train_bpe(texts, vocab_size, length=None):

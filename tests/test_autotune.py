@@ -101,6 +101,24 @@ def test_an_inexact_route_is_refused(cache_dir, restore_matmul_precision, monkey
     assert route.matmuls == 'default' and 'oneDNN matmuls, SDPA attention' in lines[-1] and 'refused' in lines[-1]
 
 
+def test_the_probe_budget_comes_from_the_runs_measured_time(cache_dir, restore_matmul_precision):
+    """measured_run times the whole model (a small model's per-step overhead included, which a FLOP count misses),
+    leaving the run's random stream and the gradients alone; a run of an hour gets its probe, one of a moment not."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=16, vocab_size=64)
+    model = GPT(config)
+    torch.manual_seed(1)
+    stream = torch.get_rng_state()
+    one, many = autotune.measured_run(model, 4, 16, 1)(), autotune.measured_run(model, 4, 16, 10 ** 6)
+    assert one > 0 and torch.equal(torch.get_rng_state(), stream) and all(p.grad is None for p in model.parameters())
+    lines = []
+    autotune.choose_cpu_route(config, 4, 16, 'auto', 1e-3, log=lines.append)
+    assert lines and 'too short to probe' in lines[-1]
+    lines = []
+    autotune.choose_cpu_route(config, 4, 16, 'auto', 3600.0, log=lines.append)
+    assert lines and 'measured' in lines[-1]
+    assert many() > 100 * one  # a million steps of it: long enough for a probe by any measure
+
+
 def test_onednn_float32_route_only_where_exact(restore_matmul_precision):
     torch.set_float32_matmul_precision('highest')
     if autotune.onednn_float32_exact():  # then float32 products there carry float32's precision, not bfloat16's

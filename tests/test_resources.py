@@ -130,10 +130,12 @@ def test_full_disk_at_exports_and_eval_results_is_one_line_and_leaves_no_partial
     fill(disk)
     for args, path in ((['export.py', '--out_dir=out', f'--export_dir={disk}/hf'], f'{disk}/hf'),
                        (['export.py', '--out_dir=lora', '--adapter=True', f'--export_dir={disk}/ad'],
-                        f'{disk}/ad/adapter_model.safetensors')):
+                        f'{disk}/ad/adapter_model.safetensors'),
+                       (['export.py', '--out_dir=out', '--format=gguf', f'--export_dir={disk}/gguf'],
+                        f'{disk}/gguf/model-f32.gguf')):
         p = run(trained_copy, *args, check=False)
         one_line_error(p, f'no space left on device writing {path}')
-    assert not leftovers(disk) and os.listdir(os.path.join(disk, 'hf')) == os.listdir(os.path.join(disk, 'ad')) == []
+    assert not leftovers(disk) and all(os.listdir(os.path.join(disk, d)) == [] for d in ('hf', 'ad', 'gguf'))
     gpt2, lambada = os.path.join(trained_copy, 'tiny-gpt2'), os.path.join(trained_copy, 'lambada.jsonl')
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(gpt2)
     with open(lambada, 'w') as f:

@@ -13,7 +13,7 @@ import re
 import pytest
 import torch
 
-from conftest import TINY, char_samples_ok, iter_losses, run
+from conftest import REPO, TINY, char_samples_ok, iter_losses, run
 
 MODEL_ARGS = {'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', 'dropout'}
 
@@ -153,3 +153,37 @@ def test_batch_ramp_grows_in_micro_batches_follows_tokens_and_resumes_exactly(re
     wa = torch.load(os.path.join(repo, 'straight', 'ckpt.pt'), weights_only=True)['model']
     wb = torch.load(os.path.join(repo, 'stopped', 'ckpt.pt'), weights_only=True)['model']
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# the training tokens of the datasets the recipes in config/ name, as their preparers write them
+TRAIN_TOKENS = {'shakespeare_char': 1_003_854, 'shakespeare': 301_966, 'openwebtext': 9_035_582_198,
+                'fineweb_edu': 9_900_000_000}
+
+
+def test_a_run_that_learns_its_data_by_heart_warns_and_no_recipe_does(repo, capsys):
+    """One warning line naming the count of passes and a fix; none for any recipe with its own dataset."""
+    from conftest import TEXT, prepare_dataset
+    from nanogpt.dataloader import warn_if_passes_are_many
+    prepare_dataset(repo, 'wee', 'shakespeare_char', text=TEXT[:400])
+    train_tokens = os.path.getsize(os.path.join(repo, 'data', 'wee', 'train.bin')) // 2
+    out = run(repo, 'train.py', *TINY, '--dataset=wee', '--batch_size=64', '--max_iters=40',
+              '--eval_interval=40').stdout
+    warnings = [line for line in out.splitlines() if line.startswith('warning:') and ' pass over ' in line]
+    passes, fewer = round(40 * 1024 / train_tokens), max(1, round(20 * train_tokens / 1024))
+    assert warnings == [f"warning: 40 iterations of 1,024 tokens pass over the {train_tokens:,} training tokens of wee "
+                        f"{passes} times: the model will learn them by heart, and the run takes longer than it needs; "
+                        f"--max_iters={fewer} --lr_decay_iters={fewer} is 20 passes (or more data)"]
+    with open(os.path.join(REPO, 'train.py')) as f:
+        defaults = f.read().split('# ' + '-' * 77)[1]
+    recipes = 0
+    for path in sorted(glob.glob(os.path.join(REPO, 'config', '*.py'))):
+        settings = {}
+        exec(defaults, settings)
+        with open(path) as f:
+            exec(f.read(), settings)
+        if settings['eval_only']:
+            continue
+        tokens_per_iter = settings['batch_size'] * settings['block_size'] * settings['gradient_accumulation_steps']
+        warn_if_passes_are_many(settings['max_iters'], tokens_per_iter, TRAIN_TOKENS[settings['dataset']], 'x')
+        recipes += 1
+    assert recipes == 7 and capsys.readouterr().out == ''
