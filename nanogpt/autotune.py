@@ -271,12 +271,15 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=T
         tolerance = 1e-4 if route.dtype == 'float32' else 0.1
         return all(torch.isfinite(g).all() for g in got) and relative_error(reference, got) <= tolerance
 
-    # what a race needs: three rounds of each candidate, at the reference's speed (timed on its second call, as
-    # the first pays one-time costs); it runs where PROBE_SHARE of the run's measured time covers that
+    # what a race needs: three rounds of each candidate, at the reference's speed (the faster of its second and
+    # third calls: the first pays one-time costs, and a call slowed by the machine's load would overstate it); it
+    # runs where PROBE_SHARE of the run's measured time covers that
     run(candidates[0])
-    t0 = time.perf_counter()
-    run(candidates[0])
-    step = time.perf_counter() - t0
+    step = float('inf')
+    for _ in range(2):
+        t0 = time.perf_counter()
+        run(candidates[0])
+        step = min(step, time.perf_counter() - t0)
     need = 3 * step * len(candidates)
     share = PROBE_SHARE * (run_seconds() if callable(run_seconds) else run_seconds)
     budget = min(share, max(PROBE_SECONDS, need))

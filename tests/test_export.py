@@ -1,18 +1,17 @@
 """
-export.py's files run anywhere: the Hugging Face directory carries its tokenizer (GPT-2's built offline from
-tiktoken's ranks, round-tripping text with tiktoken's own ids, AutoTokenizer with the network off), and the GGUF
-file (llama.cpp's gpt2 architecture, f32, bf16 and q8_0) read back with the gguf package holds the architecture,
-every tensor and the tokenizer; greedy tokens computed from the file alone (tests/gguf_reference.py) equal
-sample.py's for GPT-2's BPE, a trained BPE and characters; what llama.cpp cannot express and a bad type are one
-line each, with nothing written. Run: python -m pytest tests/test_export.py
+export.py's files run anywhere: GPT-2's tokenizer built offline from tiktoken's ranks has GPT-2's merges (the
+export's AutoTokenizer, network off: test_gpt2.py); the GGUF file (llama.cpp's gpt2 architecture; f32, bf16,
+q8_0) read back with the gguf package holds the architecture, every tensor and the tokenizer; greedy tokens
+computed from the file alone (tests/gguf_reference.py) equal sample.py's for GPT-2's BPE, a trained BPE,
+characters and an untied head; what llama.cpp cannot express and a bad type are one line each, with nothing
+written. Run: python -m pytest tests/test_export.py
 """
 import os
 
-import gguf
 import pytest
 import torch
 
-from conftest import REPO, TINY, make_repo, one_line_error, prepare_dataset, run
+from conftest import TINY, make_repo, one_line_error, prepare_dataset, run
 from gguf_reference import GGUFModel
 from nanogpt.tokenizer import Tokenizer
 
@@ -34,23 +33,10 @@ def models(tmp_path_factory):
     run(path, 'data/prepare.py', '--input=verse.txt', '--name=verse_bpe', '--tokenizer=bpe', '--vocab_size=300')
     for name, dataset, *more in (('char', 'verse_char'), ('gpt2', 'verse'), ('bpe', 'verse_bpe'),
                                  ('untied', 'verse_char', '--tie_weights=False')):
-        iters = 30 if name == 'gpt2' else 60  # (GPT-2's head: 50,304 rows)
+        iters = 20 if name == 'gpt2' else 60  # (GPT-2's head: 50,304 rows)
         run(path, 'train.py', *SMALL, *more, f'--dataset={dataset}', f'--out_dir=out-{name}', f'--max_iters={iters}',
             f'--eval_interval={iters}', f'--lr_decay_iters={iters}')
     return path
-
-
-def test_a_gpt2_bpe_export_carries_gpt2s_tokenizer_offline(models):
-    from transformers import AutoTokenizer
-    p = run(models, 'export.py', '--out_dir=out-gpt2')
-    assert p.stdout.strip().endswith("AutoTokenizer.from_pretrained('out-gpt2/hf')")
-    code = ("import sys; from transformers import AutoTokenizer; tok = AutoTokenizer.from_pretrained('out-gpt2/hf'); "
-            "ids = tok(sys.argv[1])['input_ids']; print(ids); assert tok.decode(ids) == sys.argv[1]")
-    text = "Hello  world,\n\n\tit's 3.14 -- café 日本語 🙂 <|endoftext|> done"
-    out = run(models, '-c', code, text, env={'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}).stdout
-    assert eval(out) == Tokenizer('gpt2', 50257).encode(text)
-    tok = AutoTokenizer.from_pretrained(os.path.join(models, 'out-gpt2', 'hf'))
-    assert len(tok) == 50257 and tok.eos_token_id == 50256 and tok.convert_ids_to_tokens(50255) == 'Ġgazed'
 
 
 def test_the_merges_recovered_from_tiktoken_are_gpt2s():
@@ -62,13 +48,13 @@ def test_the_merges_recovered_from_tiktoken_are_gpt2s():
 @pytest.mark.parametrize('name', ['char', 'gpt2', 'bpe', 'untied'])
 def test_gguf_holds_the_model_and_its_tokenizer_and_gives_sample_pys_greedy_tokens(models, name):
     out = f'out-{name}'
-    kinds = ('f32', 'q8_0') if name == 'gpt2' else ('f32', 'bf16', 'q8_0')  # (GPT-2's 50,257 tokens read slowly)
+    kinds = ('f32',) if name == 'gpt2' else ('f32', 'bf16', 'q8_0')  # (GPT-2's 50,257 tokens read slowly)
     files = {}
     for kind in kinds:
         p = run(models, 'export.py', f'--out_dir={out}', '--format=gguf', f'--gguf_type={kind}')
         assert p.stdout.strip().splitlines()[-1].startswith(f'wrote {out}/model-{kind}.gguf (')
         files[kind] = GGUFModel(os.path.join(models, out, f'model-{kind}.gguf'))
-    fields, types = files['q8_0'].fields, files['q8_0'].types
+    fields, types = files[kinds[-1]].fields, files[kinds[-1]].types
     assert fields['general.architecture'] == 'gpt2' and fields['gpt2.block_count'] == 2
     assert fields['gpt2.context_length'] == 64 and fields['gpt2.embedding_length'] == 64
     assert fields['tokenizer.ggml.model'] == ('gpt2' if name in ('gpt2', 'bpe') else 'rwkv')
@@ -78,7 +64,7 @@ def test_gguf_holds_the_model_and_its_tokenizer_and_gives_sample_pys_greedy_toke
         assert fields['tokenizer.ggml.pre'] == 'gpt-2' and fields['tokenizer.ggml.eos_token_id'] == n_vocab - 1
     assert len(types) == 2 + 12 * 2 + 2 + (name == 'untied')  # a tied head is token_embd; llama.cpp reads it so
     assert ('output.weight' in types) == (name == 'untied')
-    assert types['blk.1.ffn_up.weight'] == types['token_embd.weight'] == 'Q8_0'
+    assert types['blk.1.ffn_up.weight'] == types['token_embd.weight'] == kinds[-1].upper()
     assert types['position_embd.weight'] == types['blk.0.attn_norm.bias'] == 'F32'
     # each type's weights against the checkpoint's: f32 exact, bf16 rounded, q8_0 within half a step of its blocks
     ckpt = torch.load(os.path.join(models, out, 'ckpt.pt'), weights_only=True)['model']

@@ -186,6 +186,13 @@ def test_finetune_config_improves_val_loss(bpe_repo):
     out = run(bpe_repo, 'sample.py', '--out_dir=ft', '--num_samples=1', '--max_new_tokens=5', '--start=First').stdout
     assert 'assuming GPT-2 encodings' in out and out.count('---------------') == 1
     run(bpe_repo, 'export.py', '--out_dir=ft')
+    # with GPT-2's tokenizer, built offline from tiktoken's ranks: AutoTokenizer with the network off, tiktoken's ids
+    code = ("import sys; from transformers import AutoTokenizer; tok = AutoTokenizer.from_pretrained('ft/hf'); "
+            "ids = tok(sys.argv[1])['input_ids']; print(ids, len(tok), tok.eos_token_id); "
+            "assert tok.decode(ids) == sys.argv[1]")
+    text = "Hello  world,\n\n\tit's 3.14 -- café 日本語 🙂 <|endoftext|> done"
+    out = run(bpe_repo, '-c', code, text, env={'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}).stdout
+    assert out.strip() == f"{gpt2_encoding().encode(text, allowed_special='all')} 50257 50256"
     hf = GPT2LMHeadModel.from_pretrained(os.path.join(bpe_repo, 'ft', 'hf')).eval()
     assert json.loads(pathlib.Path(bpe_repo, 'ft', 'hf', 'config.json').read_text())['n_positions'] == 32
     from nanogpt.loading import model_from_checkpoint
