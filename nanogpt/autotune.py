@@ -203,15 +203,17 @@ def measured_run(model, batch_size, block_size, passes, backward=True):
     The run's expected wall time, as choose_cpu_route takes it: a callable that times one forward (and backward)
     pass of model itself at batch_size x block_size, as PyTorch runs it by default, and counts passes of them. The
     whole model is timed, not its FLOPs counted, so a small model's per-step overhead is in it. Its second pass is
-    timed (the first pays one-time costs) unless the first took over a second. Its tokens come from a generator of
-    its own; the run's random streams and the model's gradients are left as they were.
+    timed (the first pays one-time costs) unless the first took over a second, or already puts the run under
+    at_least. Its tokens come from a generator of its own; the run's random streams and the model's gradients are
+    left as they were.
     """
-    def seconds():
+    def seconds(at_least=0.0):
         x = torch.randint(model.config.vocab_size, (batch_size, block_size), generator=torch.Generator().manual_seed(0))
         grads = [p.grad for p in model.parameters()]
         took = []
         with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(backward):
-            while len(took) < 2 and sum(took) <= 1.0:
+            # the first pass overstates a step: where even it puts the run under at_least, one pass is enough
+            while len(took) < 2 and sum(took) <= 1.0 and not (took and took[0] * passes < at_least):
                 t0 = time.perf_counter()
                 loss = model(x, x)[1]
                 if backward:
@@ -281,7 +283,7 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=T
         run(candidates[0])
         step = min(step, time.perf_counter() - t0)
     need = 3 * step * len(candidates)
-    share = PROBE_SHARE * (run_seconds() if callable(run_seconds) else run_seconds)
+    share = PROBE_SHARE * (run_seconds(need / PROBE_SHARE) if callable(run_seconds) else run_seconds)
     budget = min(share, max(PROBE_SECONDS, need))
     if timer is time_rounds and budget < need:
         log(f"speed choices: the run is too short to probe them; {candidates[0].name}")
