@@ -78,10 +78,9 @@ def save_gguf(model, tokenizer, path, gguf_type='f32', name='nanoGPT'):
                  'q8_0': gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     C = cfg.n_embd
-    zeros = torch.zeros
 
     def bias(key, width):  # a model without biases: zeros, which compute the same thing
-        return sd.get(key, zeros(width))
+        return sd.get(key, torch.zeros(width))
 
     tensors = [('token_embd.weight', sd['transformer.wte.weight'][:n_vocab]),
                ('position_embd.weight', sd['transformer.wpe.weight'])]
@@ -129,9 +128,7 @@ def save_gguf(model, tokenizer, path, gguf_type='f32', name='nanoGPT'):
         writer.write_tensors_to_file(progress=True)
         writer.close()
         os.replace(tmp, path)
-    except OSError as e:
-        raise UsageError(write_error(path, e))
-    except Exception as e:
+    except Exception as e:  # a failed write, as an OSError or inside another error
         if os_error(e) is None:
             raise
         raise UsageError(write_error(path, os_error(e)))
