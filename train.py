@@ -108,6 +108,7 @@ min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinch
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (GPUs: bfloat16, float16 on older ones; CPUs: the faster at this run's shapes), or one
 autotune = True  # on CPUs, time the exact speed choices at this run's shapes (cached on disk); False: defaults
+autotune_share = 0.02  # ... where this share of the run's measured time pays for it
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
 parallelism = 'ddp'  # under torchrun: 'ddp' (a whole copy per process) or 'fsdp' (FSDP2: each holds 1/N)
@@ -123,7 +124,7 @@ config = {k: globals()[k] for k in config_keys}  # will be useful for logging
 # settings that would fail later, or silently do the wrong thing: one line now instead
 check_settings(config, positive=('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_iters',
                                 'eval_interval', 'log_interval', 'n_layer', 'n_head', 'n_embd', 'learning_rate',
-                                'lora_alpha'),
+                                'lora_alpha', 'autotune_share'),
                non_negative=('max_iters', 'warmup_iters', 'lr_decay_iters', 'hellaswag_interval', 'hellaswag_limit',
                              'batch_ramp_tokens', 'min_lr', 'weight_decay', 'grad_clip'),
                below_one=('beta1', 'beta2', 'dropout', 'lora_dropout'),
@@ -219,7 +220,7 @@ if device.type == 'cpu':
     passes = gradient_accumulation_steps // ddp_world_size * max(max_iters - iter_num, 1)
     route = cpu_route(model.config, batch_size, block_size, config['dtype'],
                       measured_run(model, batch_size, block_size, passes),
-                      autotune and master_process, checkpoint and checkpoint.get('speed_choices'), ddp)
+                      autotune and master_process, checkpoint and checkpoint.get('speed_choices'), ddp, autotune_share)
     route.apply(model)
     dtype, ctx = route.dtype, autocast(device, route.dtype)
 if master_process:

@@ -14,7 +14,7 @@ import torch
 from nanogpt.util import written
 
 PROBE_SECONDS = 1.0  # the most a probe takes, unless a race needs more and the run's share covers it
-PROBE_SHARE = 0.02  # ... and at most this share of the run's estimated time
+PROBE_SHARE = 0.02  # ... and at most this share of the run's estimated time, unless told another
 
 
 def cache_path():
@@ -225,12 +225,13 @@ def measured_run(model, batch_size, block_size, passes, backward=True):
     return seconds
 
 
-def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, log=print, timer=time_rounds):
+def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, log=print, timer=time_rounds,
+                     share=PROBE_SHARE):
     """
     The fastest exact training route on this CPU for a model of config trained at batch_size x block_size:
     dtype is the setting ('auto' races bfloat16 against float32; any other is kept), run_seconds the run's
     expected wall time (a number, or measured_run's callable, called only when a probe is to run), which keeps
-    the probe within PROBE_SHARE of it. Without probe, or for a run too short to probe, PyTorch's defaults.
+    the probe within share of it. Without probe, or for a run too short to probe, PyTorch's defaults.
     Returns a Route.
     """
     fixed = 'float32' if dtype == 'auto' else dtype
@@ -275,7 +276,7 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=T
 
     # what a race needs: three rounds of each candidate, at the reference's speed (the faster of its second and
     # third calls: the first pays one-time costs, and a call slowed by the machine's load would overstate it); it
-    # runs where PROBE_SHARE of the run's measured time covers that
+    # runs where share of the run's measured time covers that
     run(candidates[0])
     step = float('inf')
     for _ in range(2):
@@ -283,8 +284,8 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=T
         run(candidates[0])
         step = min(step, time.perf_counter() - t0)
     need = 3 * step * len(candidates)
-    share = PROBE_SHARE * (run_seconds(need / PROBE_SHARE) if callable(run_seconds) else run_seconds)
-    budget = min(share, max(PROBE_SECONDS, need))
+    allowed = share * (run_seconds(need / share) if callable(run_seconds) else run_seconds)
+    budget = min(allowed, max(PROBE_SECONDS, need))
     if timer is time_rounds and budget < need:
         log(f"speed choices: the run is too short to probe them; {candidates[0].name}")
         torch.set_float32_matmul_precision(baseline)
@@ -295,12 +296,12 @@ def choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=T
     return by_name[chosen]
 
 
-def cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, saved=None, ddp=False):
+def cpu_route(config, batch_size, block_size, dtype, run_seconds, probe=True, saved=None, ddp=False, share=PROBE_SHARE):
     """The route of a run on CPUs: its checkpoint's (saved, for a bit-exact resume), else choose_cpu_route's,
     measured on rank 0 (probe there alone) and taken by every rank under DDP."""
     route = restore_route(saved, dtype)
     if route is None:
-        route = choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe)
+        route = choose_cpu_route(config, batch_size, block_size, dtype, run_seconds, probe, share=share)
         if ddp:
             from nanogpt.distributed import broadcast_object
             route = broadcast_object(route)
