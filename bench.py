@@ -86,6 +86,7 @@ num_samples = 0  # mode=generate: the batch size; 0 measures 1 and 8
 weight_dtype = 'all'  # mode=generate: 'float32', 'bfloat16', 'int8' (sample.py's setting), or 'all' side by side
 repeats = 3  # mode=generate: timed runs per row, the fastest counts (a shared machine's interference only slows)
 no_cache = True  # mode=generate: also time float32 without the KV cache, as nanoGPT samples (slow for big models)
+transformers_row = True  # mode=generate: also time transformers' generate on the same weights
 quality_positions = 4096  # mode=generate: positions (of data/<dataset>/val.bin, else random) to compare; 0: none
 memory_rows = 'full,full+ac,lora,lora+ac'  # mode=memory: the finetunings to measure
 # train.py's settings that change no training step (evaluation, logging, the schedule): its config files set
@@ -106,7 +107,7 @@ USES = {'train': {*STEP, 'init_from', 'out_dir', 'trust_checkpoint', 'gradient_a
                   'activation_checkpointing', 'autotune', 'compile', 'peak_flops', 'real_data', 'profile',
                   'sdpa_backend', 'compile_mode', 'float8'},
         'generate': {*SHAPE, 'block_size', 'init_from', 'out_dir', 'trust_checkpoint', 'max_new_tokens', 'num_samples',
-                     'weight_dtype', 'repeats', 'no_cache', 'quality_positions'},
+                     'weight_dtype', 'repeats', 'no_cache', 'transformers_row', 'quality_positions'},
         'memory': {*STEP, 'memory_rows', 'parallelism', 'backend'}}
 SDPA = dict(auto=None, flash=SDPBackend.FLASH_ATTENTION, efficient=SDPBackend.EFFICIENT_ATTENTION,
             cudnn=SDPBackend.CUDNN_ATTENTION, math=SDPBackend.MATH)  # sdpa_backend's kernels
@@ -247,7 +248,7 @@ def bench_generate():
     tmp = tempfile.TemporaryDirectory()
     source, hf_dir, about = generation_source(init_from, out_dir, trust_checkpoint, model_args, seed, tmp.name)
     load = lambda wd: load_model(source, out_dir, trust_checkpoint, wd)[0].to(device)
-    speed_table(load, hf_dir, about, [num_samples] if num_samples else [1, 8], weight_dtypes, max_new_tokens, repeats,
+    speed_table(load, hf_dir if transformers_row else None, about, [num_samples] if num_samples else [1, 8], weight_dtypes, max_new_tokens, repeats,
                 no_cache, seed, device, dtype, ctx)
     if quality_positions:
         val = os.path.join('data', dataset, 'val.bin')

@@ -14,7 +14,7 @@ from nanogpt.device import exit_on_out_of_memory, maybe_compile, setup_device
 from nanogpt.generate import generate_stream
 from nanogpt.loading import load_model
 from nanogpt.out_dir import ExitOnInterrupt
-from nanogpt.quantize import for_inference, weight_dtype_error
+from nanogpt.quantize import for_sampling, weight_dtype_error
 from nanogpt.tokenizer import from_meta
 from nanogpt.util import die, report_usage_errors
 
@@ -67,7 +67,7 @@ vocab_size = meta['vocab_size'] if meta['tokenizer'] != 'gpt2' else model.config
 if top_k > vocab_size and 'top_k' in set_keys:  # the default 200 means "all" for a 65-character vocabulary
     die(f"top_k={top_k} is larger than the vocabulary ({vocab_size} tokens)")
 model.to(device)
-model = for_inference(model, device, dtype, batch_size=num_samples)
+model, decoder = for_sampling(model, device, dtype, num_samples, max_new_tokens)
 model.forward = maybe_compile(model.forward, compile, device)  # generate() calls forward
 
 # tokenizer: the dataset's characters, its own trained BPE, or GPT-2's
@@ -98,7 +98,7 @@ start_ids = encode(start)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...].repeat(num_samples, 1)  # one batch
 stop_token = tokenizer.eot if stop_at_eot else None  # <|endoftext|> (BPE)
 controls = dict(temperature=temperature, top_k=top_k, top_p=top_p, stop_token=stop_token,
-                seeds=[seed + i for i in range(num_samples)], use_cache=kv_cache)
+                seeds=[seed + i for i in range(num_samples)], use_cache=kv_cache, decoder=decoder)
 
 # run generation
 with torch.no_grad():

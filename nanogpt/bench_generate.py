@@ -3,6 +3,7 @@ bench.py's generate mode: tokens/s and the time to the first token of sampling i
 without the KV cache and beside transformers' generate, against the memory-bandwidth limit; then how far each
 reduced model's next-token predictions are from the float32 one's.
 """
+import functools
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ from model import GPT
 from nanogpt.device import PeakMemory, stream_bandwidth
 from nanogpt.generate import generate, generation_speed
 from nanogpt.loading import load_model
-from nanogpt.quantize import for_inference, weight_bytes
+from nanogpt.quantize import for_sampling, weight_bytes
 from nanogpt.tasks import token_losses
 from nanogpt.util import UsageError
 
@@ -76,7 +77,9 @@ def speed_table(load, hf_dir, about, batch_sizes, weight_dtypes, n, repeats, no_
             model = load()
             limit = B * bandwidth / weight_bytes(model)
             if isinstance(model, GPT):
-                model = for_inference(model, device, dtype, batch_size=B)
+                model, decoder = for_sampling(model, device, dtype, B, n)
+                if decoder is not None:
+                    run = functools.partial(run, decoder=decoder)
             x = torch.randint(model.config.vocab_size, (B, 4), generator=torch.Generator().manual_seed(seed))
             x = x.to(device)
             run(model, x, 4)  # warm-up

@@ -122,6 +122,15 @@ def setup_device(device='auto', dtype='auto', local_rank=0):
     return device, dtype, autocast(device, dtype)
 
 
+def load_inductor():
+    """Import torch.compile's Inductor ahead of its first compilation, without the DeprecationWarning that torch
+    2.13's raises at import (a module of it uses a deprecated torch.jit API): a warning as error would fail it."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        import torch._inductor.compile_fx  # noqa: F401
+
+
 def maybe_compile(model, compile, device, mode=None):
     """
     torch.compile the model (a module, or a function such as a module's forward) as one graph, when asked or by

@@ -1,7 +1,8 @@
 """
 Generation: the KV cache GPT.forward takes, the token loop with its controls (temperature, top-k,
 top-p, per-row seeds, a stop token), the sampling of one token and the timing of generation, as gpt-fast
-keeps them beside its model.
+keeps them beside its model; and gpt-fast's compiled decoding step for CPUs: a KV cache of fixed shape and
+the whole step (every block and the head) as one Inductor program.
 """
 
 import time
@@ -9,7 +10,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from nanogpt.device import synchronize
+from nanogpt.device import load_inductor, synchronize
 
 
 class KVCache:
@@ -49,17 +50,116 @@ class KVCache:
         return last - (last - slots) % self.max_len
 
 
+class StaticKVCache:
+    """
+    The keys and values of every layer in buffers of max_len slots that never change shape, so that one compiled
+    program serves every decoding step: index (a tensor, so that a step reads no Python number) is the position
+    of the next token, which goes to slot index % max_len; attention gets every slot, and forward_static's mask
+    hides the ones not written yet and, past the window, the keys that left it. Buffers are allocated at the first
+    write (the keys' dtype and device); grown() copies them into more slots.
+    """
+
+    def __init__(self, n_layer, max_len, device):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None  # per layer (B, nh, max_len, hs): a buffer apiece, so that a write touches its own
+        self.index = torch.zeros((), dtype=torch.long, device=device)
+
+    def update(self, layer, k, v):
+        """Write k, v (B, nh, T, hs) at positions index..index+T-1 (T <= max_len); return every slot's."""
+        B, nh, T, hs = k.shape
+        if self.k is None:
+            self.k = [k.new_zeros(B, nh, self.max_len, hs) for _ in range(self.n_layer)]
+            self.v = [v.new_zeros(B, nh, self.max_len, hs) for _ in range(self.n_layer)]
+        slots = (self.index + torch.arange(T, device=k.device)) % self.max_len
+        self.k[layer][:, :, slots] = k  # in place, as Inductor keeps it (an index_copy_ would copy the buffer)
+        self.v[layer][:, :, slots] = v
+        return self.k[layer], self.v[layer]
+
+    def grown(self, max_len):
+        """A cache of max_len slots holding this one's positions (which have not wrapped around)."""
+        new = StaticKVCache(self.n_layer, max_len, self.index.device)
+        new.index.copy_(self.index)
+        if self.k is not None:
+            pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], max_len - self.max_len, t.size(-1))], dim=2)
+            new.k, new.v = [pad(t) for t in self.k], [pad(t) for t in self.v]
+        return new
+
+
+def forward_static(model, idx, cache):
+    """
+    GPT.forward's inference for the tokens idx (B, T) that follow cache's (a StaticKVCache): the last position's
+    logits (B, 1, vocab). The same blocks and head, with positions and the attention mask computed from the
+    cache's index tensor, so that nothing here depends on a Python number that changes from step to step.
+    """
+    config, t = model.config, idx.size(1)
+    window, slots = config.block_size, torch.arange(cache.max_len, device=idx.device)
+    pos = cache.index + torch.arange(t, device=idx.device)  # (T,)
+    x = model.transformer.wte(idx)
+    if config.pos_encoding == 'learned':
+        x = x + model.transformer.wpe(pos)
+    last = pos[-1]
+    keys = last - (last - slots) % cache.max_len  # the position in each slot once these are written; < 0: none yet
+    distance = pos[:, None] - keys[None, :]  # (T, S)
+    mask = (distance >= 0) & (distance < window) & (keys >= 0)
+    if config.pos_encoding == 'alibi':
+        mask = (-model.slopes[:, None, None] * distance).masked_fill(~mask, float('-inf'))  # (nh, T, S)
+    rotary = None
+    if config.pos_encoding == 'rotary':
+        angles = pos[:, None].float() * model.inv_freq[None, :]
+        rotary = angles.cos(), angles.sin()
+    for block in model.transformer.h:
+        x = block(x, cache, mask, rotary, config.spelled_out_keys)
+    logits = model.lm_head(model.transformer.ln_f(x[:, [-1], :]))
+    if config.logit_softcap:
+        logits = config.logit_softcap * torch.tanh(logits.float() / config.logit_softcap)
+    cache.index.add_(t)
+    return logits
+
+
+class CompiledDecoding:
+    """
+    model's decoding steps (one token per row after a prompt) each as one program that torch.compile's Inductor
+    writes for the CPU, with a StaticKVCache of SLOTS slots at a time (grown by as many when full, one compilation
+    per size, which Inductor caches on disk); the prompt runs eagerly through the same forward_static. Inductor is
+    told to write an activation out before the products that read it, rather than recompute a norm in every row.
+    """
+    SLOTS = 256
+
+    def __init__(self, model):
+        self.model = model
+        load_inductor()
+        self.step = torch.compile(forward_static, fullgraph=True, dynamic=False,
+                                  options={'realize_cpu_opcount_threshold': 4})
+
+    def fits(self, prompt_length, max_new_tokens):
+        """Whether it decodes this: the prompt within the window, and learned positions no further than it."""
+        window = self.model.config.block_size
+        return prompt_length <= min(window, self.SLOTS) and (
+            self.model.config.pos_encoding != 'learned' or prompt_length + max_new_tokens <= window)
+
+    def start(self, idx):
+        """(logits of the prompt idx's last position, its cache)."""
+        cache = StaticKVCache(self.model.config.n_layer, min(self.SLOTS, self.model.config.block_size), idx.device)
+        return forward_static(self.model, idx, cache), cache
+
+    def next(self, token, cache, position):
+        """(logits after token (B, 1), which goes at position, the cache it went into)."""
+        if position >= cache.max_len and cache.max_len < self.model.config.block_size:
+            cache = cache.grown(min(cache.max_len + self.SLOTS, self.model.config.block_size))
+        return self.step(self.model, token, cache), cache
+
+
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None, seeds=None,
-             use_cache=True):
+             use_cache=True, decoder=None):
     """idx (B, T) completed by max_new_tokens tokens (fewer if every row stops): (B, T + new); see generate_stream."""
     return torch.cat([idx, *generate_stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_token, seeds,
-                                            use_cache)], dim=1)
+                                            use_cache, decoder)], dim=1)
 
 
 @torch.no_grad()
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                    seeds=None, use_cache=True):
+                    seeds=None, use_cache=True, decoder=None):
     """
     Yield the next token of each sequence, (B, 1), max_new_tokens times, or until every
     sequence has produced stop_token. temperature 0 is greedy; top_k keeps the k likeliest
@@ -70,8 +170,12 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     last block_size tokens, exactly as without the cache: every step is then a full recompute.
     With rotary or ALiBi positions each token sees the last block_size tokens (GPT.forward's
     window): the cache keeps going, one token per step, and without it the whole sequence is
-    recomputed with that window, to the same logits.
+    recomputed with that window, to the same logits. decoder (a CompiledDecoding of model) decodes with the
+    cache where it fits the lengths.
     """
+    if use_cache and decoder is not None and decoder.fits(idx.size(1), max_new_tokens):
+        yield from _decode_compiled(decoder, idx, max_new_tokens, temperature, top_k, top_p, stop_token, seeds)
+        return
     block_size = model.config.block_size
     windowed = model.config.pos_encoding != 'learned'
     cache = KVCache(model.config.n_layer, block_size) if use_cache else None
@@ -97,6 +201,22 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             done |= idx_next[:, 0] == stop_token
             if done.all():
                 return
+
+
+def _decode_compiled(decoder, idx, max_new_tokens, temperature, top_k, top_p, stop_token, seeds):
+    """generate_stream's loop through a CompiledDecoding."""
+    generators = None if seeds is None else [torch.Generator(idx.device).manual_seed(s) for s in seeds]
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    logits, cache = decoder.start(idx)
+    for i in range(max_new_tokens):
+        idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, generators)  # (B, 1)
+        yield idx_next
+        if stop_token is not None:
+            done |= idx_next[:, 0] == stop_token
+            if done.all():
+                return
+        if i + 1 < max_new_tokens:
+            logits, cache = decoder.next(idx_next, cache, idx.size(1) + i)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generators=None):

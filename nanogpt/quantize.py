@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt.autotune import machine, race, relative_error
+from nanogpt.device import available_memory, load_inductor
 
 WEIGHT_DTYPES = ('float32', 'bfloat16', 'int8')
 
@@ -170,7 +171,6 @@ def matvec_kernel(out_features, in_features, bias=False, mean=False, int8=True):
     guards (the shapes are fixed). Written here because PyTorch has no such kernel.
     """
     import logging
-    import warnings
     from torch.fx.experimental.proxy_tensor import make_fx
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime" on CPU-only machines
     extras = ['scales'] * int8 + ['bias'] * bias + ['mean'] * mean
@@ -183,9 +183,7 @@ def matvec_kernel(out_features, in_features, bias=False, mean=False, int8=True):
     example += [torch.empty(out_features, dtype=torch.bfloat16)] * int8
     example += [torch.empty(out_features)] * bias + [torch.empty(in_features)] * mean
     try:
-        with warnings.catch_warnings():  # torch 2.13's Inductor imports a module that uses a deprecated torch.jit API
-            warnings.simplefilter('ignore', DeprecationWarning)
-            from torch._inductor import compile_fx  # noqa: F401
+        load_inductor()
         return torch._inductor.compile(make_fx(matvec, tracing_mode='fake')(*example), example)
     except Exception:  # no C++ compiler, or no Inductor: the caller says so once (_matvec_fallback)
         return None
@@ -227,6 +225,9 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
+        if x2.size(0) == 1 and torch.compiler.is_compiling():  # in a compiled decoding step, Inductor writes the loop
+            y = _matvec(x2.float(), self.weight, self.scales, self.bias, self.mean)
+            return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
         if self.decoding == 'Inductor matvec' and x2.size(0) == 1 and x2.device.type == 'cpu' and x2.size(1) <= 4096:
             # decoding: one compiled call does it all (matvec_kernel), built for contiguous tensors of
             # these shapes and checking nothing, so x is made contiguous (the buffers are); longer
@@ -374,6 +375,71 @@ def for_inference(model, device, dtype, batch_size=1, probe=True):
     if batch_size == 1 and reduced:
         choose_decoding_kernel(model, 'int8' if reduced[0].scales is not None else 'bfloat16', probe)
     return model
+
+
+DECODE_SECONDS = 0.5  # decoding that takes less, eagerly, is not worth a compilation's seconds
+
+
+def for_sampling(model, device, dtype, batch_size=1, tokens=1000, probe=True, log=print):
+    """
+    (model, decoder) for generate's decoder: for_inference's model, or at batch 1 on a CPU (float32 activations)
+    the faster by measurement of it and the same model decoding through a CompiledDecoding (decoder then, else
+    None), raced on a prompt and 8 steps (whose logits must be for_inference's within bfloat16 rounding) and
+    cached by machine, torch and shape. The race compiles: it runs where tokens eager steps take DECODE_SECONDS or
+    more, and for a float32 model where its packed copy fits in a quarter of the free memory.
+    """
+    import copy
+    import time
+    from nanogpt.generate import CompiledDecoding, KVCache
+    if not (probe and device.type == 'cpu' and dtype == 'float32' and batch_size == 1):
+        return for_inference(model, device, dtype, batch_size, probe), None
+    reduced = [m for m in model.modules() if isinstance(m, LowPrecisionLinear)]
+    if not reduced and weight_bytes(model) > available_memory() / 4:
+        return for_inference(model, device, dtype, batch_size, probe), None
+    # new modules over the same tensors: for_inference changes the model's modules, not the weights plain holds
+    plain = copy.deepcopy(model.eval(), memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
+    model = for_inference(model, device, dtype, batch_size, probe)
+    decoder = CompiledDecoding(plain)
+    weights = ('int8' if reduced[0].scales is not None else 'bfloat16') if reduced else 'float32'
+    c = plain.config
+    key = (f"{machine(torch.device('cpu'))} | decoding step {weights} {c.n_layer}x{c.n_embd} vocab {c.vocab_size} "
+           f"{c.pos_encoding} {c.activation} {c.norm} bias={c.bias}")
+    x = torch.randint(c.vocab_size, (1, min(12, c.block_size)), generator=torch.Generator().manual_seed(0))
+    prompt = min(4, x.size(1) - 1)
+    with torch.no_grad():  # an eager step's time, the least of three
+        cache, step = KVCache(c.n_layer, c.block_size), float('inf')
+        model(x[:, :prompt], cache=cache)
+        for _ in range(3):
+            cache.pos, t0 = prompt, time.perf_counter()
+            model(x[:, [prompt]], cache=cache)
+            step = min(step, time.perf_counter() - t0)
+    if tokens * step < DECODE_SECONDS:
+        return model, None
+
+    def run(name):  # the logits of a prompt and the steps after it, each step fed the same token
+        if name == 'eager':
+            cache = KVCache(c.n_layer, c.block_size)
+            logits = [model(x[:, :prompt], cache=cache)[0]]
+            logits += [model(x[:, [i]], cache=cache)[0] for i in range(prompt, x.size(1))]
+        else:
+            first, cache = decoder.start(x[:, :prompt])
+            logits = [first]
+            for i in range(prompt, x.size(1)):
+                step, cache = decoder.next(x[:, [i]], cache, i)
+                logits.append(step)
+        return logits
+
+    try:
+        with torch.no_grad():
+            choice = race('decoding step', key, ['eager', 'compiled step'], run,
+                          lambda name, ref, got: relative_error(ref, got) <= 2e-2, log=log)
+            if choice == 'compiled step':
+                run(choice)  # compiled now (a cached choice raced nothing), so that a failure falls back here
+    except Exception as e:  # no C++ compiler, or Inductor cannot compile the step: the eager one decodes
+        _warn_once(f"the compiled decoding step could not be built ({type(e).__name__}: "
+                   f"{str(e).splitlines()[0][:120] if str(e) else ''}); decoding runs eagerly")
+        return model, None
+    return (model, None) if choice == 'eager' else (plain, decoder)
 
 
 def weight_bytes(model):
