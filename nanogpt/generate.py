@@ -130,6 +130,7 @@ class CompiledDecoding:
         load_inductor()
         self.step = torch.compile(forward_static, fullgraph=True, dynamic=False,
                                   options={'realize_cpu_opcount_threshold': 4})
+        self.compiled = set()  # the cache sizes a step has run at
 
     def fits(self, prompt_length, max_new_tokens):
         """Whether it decodes this: the prompt within the window, and learned positions no further than it."""
@@ -146,7 +147,12 @@ class CompiledDecoding:
         """(logits after token (B, 1), which goes at position, the cache it went into)."""
         if position >= cache.max_len and cache.max_len < self.model.config.block_size:
             cache = cache.grown(min(cache.max_len + self.SLOTS, self.model.config.block_size))
-        return self.step(self.model, token, cache), cache
+        if cache.max_len not in self.compiled:  # the first step of a size checks every guard (and compiles)
+            self.compiled.add(cache.max_len)
+            return self.step(self.model, token, cache), cache
+        # later ones only those that tell the sizes' programs apart: the model and the cache's kind are the same
+        with torch.compiler.set_stance('default', skip_guard_eval_unsafe=True):
+            return self.step(self.model, token, cache), cache
 
 
 @torch.no_grad()

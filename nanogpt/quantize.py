@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanogpt import cpu_kernels
 from nanogpt.autotune import machine, race, relative_error
 from nanogpt.device import available_memory, load_inductor
 
@@ -225,6 +226,16 @@ class LowPrecisionLinear(nn.Module):
 
     def forward(self, x):
         x2 = x.reshape(-1, x.size(-1))  # (B*T, in): the kernels take 2-D inputs
+        if x2.size(0) == 1 and self.decoding.startswith('hand-written'):  # (eagerly, or called by a compiled step)
+            compiling = torch.compiler.is_compiling()  # then as torch ops, which the program calls
+            q8 = cpu_kernels.q8_matvec if compiling else cpu_kernels.q8_matvec_eager
+            bf16 = cpu_kernels.bf16_matvec if compiling else cpu_kernels.bf16_matvec_eager
+            y = q8(x2, self.weight, self.scales) if self.scales is not None else bf16(x2, self.weight)
+            if self.mean is not None:
+                y = y + x2.float() @ self.mean[:, None]
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
         if x2.size(0) == 1 and torch.compiler.is_compiling():  # in a compiled decoding step, Inductor writes the loop
             y = _matvec(x2.float(), self.weight, self.scales, self.bias, self.mean)
             return y.to(x.dtype).view(*x.shape[:-1], y.size(-1))
@@ -295,9 +306,10 @@ def swap_in_low_precision(model, weight_dtype):
 
 def decoding_kernels(weight_dtype):
     """The kernels that can multiply one position by weight_dtype rows on this CPU, the reference (PyTorch's) first."""
+    hand = [f"hand-written {'q8' if weight_dtype == 'int8' else 'bf16'}"] * cpu_kernels.available(weight_dtype)
     if weight_dtype == 'int8':
-        return ["PyTorch's int8 kernel", 'Inductor matvec']
-    return ['F.linear'] + ['oneDNN packed'] * onednn_packing(torch.bfloat16) + ['Inductor matvec']
+        return ["PyTorch's int8 kernel", 'Inductor matvec'] + hand
+    return ['F.linear'] + ['oneDNN packed'] * onednn_packing(torch.bfloat16) + ['Inductor matvec'] + hand
 
 
 def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
@@ -317,6 +329,8 @@ def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
         candidates.remove('Inductor matvec')  # it cannot be built here: said only where it is the usual choice
         if weight_dtype == 'int8':
             _matvec_fallback()
+    if any(l.in_features % 32 for l in layers):  # the hand-written kernels take rows of whole blocks of 32
+        candidates = [c for c in candidates if not c.startswith('hand-written')]
     packed = {}
 
     def use(kernel):
@@ -341,7 +355,7 @@ def choose_decoding_kernel(model, weight_dtype, probe=True, log=print):
     choice = usual[0] if usual else candidates[0]
     if probe and len(candidates) > 1:
         shapes = sorted({(*l.weight.shape, l.bias is not None, l.mean is not None) for l in layers})
-        key = f"{machine(torch.device('cpu'))} | decode {weight_dtype} {len(layers)} layers {shapes}"
+        key = f"{machine(torch.device('cpu'))} | decode {weight_dtype} {len(layers)} layers {shapes} {candidates}"
         choice = race(f"{weight_dtype} decoding kernel", key, candidates, run,
                       lambda name, ref, got: relative_error(ref, got) <= 2e-2, log=log)
     use(choice)
@@ -399,6 +413,10 @@ def for_sampling(model, device, dtype, batch_size=1, tokens=1000, probe=True, lo
     # new modules over the same tensors: for_inference changes the model's modules, not the weights plain holds
     plain = copy.deepcopy(model.eval(), memo={id(t): t for t in [*model.parameters(), *model.buffers()]})
     model = for_inference(model, device, dtype, batch_size, probe)
+    chosen = dict(model.named_modules())
+    for name, layer in plain.named_modules():  # a hand-written kernel the race chose serves the compiled step too
+        if isinstance(layer, LowPrecisionLinear) and chosen[name].decoding.startswith('hand-written'):
+            layer.decoding = chosen[name].decoding
     decoder = CompiledDecoding(plain)
     weights = ('int8' if reduced[0].scales is not None else 'bfloat16') if reduced else 'float32'
     c = plain.config

@@ -125,8 +125,8 @@ def our_speed(hf_dir, weight_dtype, n_threads):
     """bench.py --mode=generate's tokens/s at batch 1, from the same directory, in a process of its own."""
     env = {**ENV, 'OMP_NUM_THREADS': str(n_threads)}
     text = out([sys.executable, 'bench.py', '--mode=generate', f'--init_from={hf_dir}', '--num_samples=1',
-                f'--max_new_tokens={new_tokens}', f'--weight_dtype={weight_dtype}', '--repeats=1', '--no_cache=False', '--transformers_row=False',
-                '--quality_positions=0', '--device=cpu'], env=env)
+                f'--max_new_tokens={new_tokens}', f'--weight_dtype={weight_dtype}', '--repeats=1', '--no_cache=False',
+                '--transformers_row=False', '--quality_positions=0', '--device=cpu'], env=env)
     match = re.search(rf'^\s*1 ours, {weight_dtype}, KV cache\s+([\d.]+)', text, re.M)
     if not match:
         fail(f"bench.py printed no {weight_dtype} row:\n{text}")
