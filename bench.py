@@ -248,8 +248,8 @@ def bench_generate():
     tmp = tempfile.TemporaryDirectory()
     source, hf_dir, about = generation_source(init_from, out_dir, trust_checkpoint, model_args, seed, tmp.name)
     load = lambda wd: load_model(source, out_dir, trust_checkpoint, wd)[0].to(device)
-    speed_table(load, hf_dir if transformers_row else None, about, [num_samples] if num_samples else [1, 8], weight_dtypes, max_new_tokens, repeats,
-                no_cache, seed, device, dtype, ctx)
+    speed_table(load, hf_dir if transformers_row else None, about, [num_samples] if num_samples else [1, 8],
+                weight_dtypes, max_new_tokens, repeats, no_cache, seed, device, dtype, ctx)
     if quality_positions:
         val = os.path.join('data', dataset, 'val.bin')
         quality_table(load, weight_dtypes, val if os.path.isfile(val) else None, meta['dtype'], quality_positions,

@@ -86,7 +86,7 @@ def test_hand_written_kernels_compute_their_products(weight_dtype):
         if weight_dtype == 'int8':
             w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=g)
             s = torch.rand(out_features, generator=g).bfloat16()
-            blocks = x.double().view(-1, 32)  # the activations as the kernel rounds them: int8 blocks of 32, a scale each
+            blocks = x.double().view(-1, 32)  # the activations as the kernel rounds them: blocks of 32, a scale each
             d = blocks.abs().amax(dim=1, keepdim=True) / 127
             q = (blocks / d).round() * d
             want = (q.view(1, -1) @ w.double().t()) * s.double()
