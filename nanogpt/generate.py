@@ -131,6 +131,7 @@ class CompiledDecoding:
         self.step = torch.compile(forward_static, fullgraph=True, dynamic=False,
                                   options={'realize_cpu_opcount_threshold': 4})
         self.compiled = set()  # the cache sizes a step has run at
+        self.tokens = {}  # the input of a step, by shape: one tensor, so that its strides never differ
 
     def fits(self, prompt_length, max_new_tokens):
         """Whether it decodes this: the prompt within the window, and learned positions no further than it."""
@@ -147,12 +148,19 @@ class CompiledDecoding:
         """(logits after token (B, 1), which goes at position, the cache it went into)."""
         if position >= cache.max_len and cache.max_len < self.model.config.block_size:
             cache = cache.grown(min(cache.max_len + self.SLOTS, self.model.config.block_size))
+        token = self.tokens.setdefault(tuple(token.shape), torch.empty_like(token)).copy_(token)
         if cache.max_len not in self.compiled:  # the first step of a size checks every guard (and compiles)
             self.compiled.add(cache.max_len)
             return self.step(self.model, token, cache), cache
-        # later ones only those that tell the sizes' programs apart: the model and the cache's kind are the same
-        with torch.compiler.set_stance('default', skip_guard_eval_unsafe=True):
-            return self.step(self.model, token, cache), cache
+        # later ones only those that tell the sizes' programs apart: the model, the input and the cache's kind
+        # are the same; were a guard to fail all the same, Dynamo raises before the step runs, and it compiles
+        try:
+            with torch.compiler.set_stance('default', skip_guard_eval_unsafe=True):
+                return self.step(self.model, token, cache), cache
+        except RuntimeError as e:
+            if 'skip_guard_eval_unsafe' not in str(e):
+                raise
+        return self.step(self.model, token, cache), cache
 
 
 @torch.no_grad()
