@@ -57,6 +57,10 @@ def test_compiled_step_gives_the_eager_tokens(weight_dtype, options, new):
     assert len(sizes) == new - 1  # every step after the prompt went through the compiled step
     if options:
         assert sorted(set(sizes)) == [8, 16]
+        # a token with other strides than the steps' (a view, not argmax's) takes the same program
+        with torch.no_grad():
+            steps = [decoder.next(t, decoder.start(x)[1], 4)[0] for t in (x[:, :1], x[:, [0]])]
+        assert torch.equal(*steps)
 
 
 def test_for_sampling_races_only_long_decoding():
