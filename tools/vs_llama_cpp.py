@@ -4,7 +4,9 @@ llama-cpp-python source distribution vendors (into a cache directory, once), a G
 directory is made with random weights and GPT-2's tokenizer (built offline from tiktoken's ranks), llama.cpp's own
 convert_hf_to_gguf.py converts it to F32, BF16 and Q8_0, and then llama-bench and our bench.py --mode=generate
 decode from it in turn, round after round, at the same thread count and batch 1. One table of tokens/s and
-ratios, each the best of its rounds. For benchmarks by hand, not for CI (it builds for ~10 minutes the first time).
+ratios, each the best of its rounds: llama-bench -p 0 times the decoding steps alone, so ours is given both as
+bench.py measures it (its 4-token prompt included) and for the steps after the prompt. For benchmarks by hand,
+not for CI (it builds for ~10 minutes the first time).
 $ python tools/vs_llama_cpp.py                                   # GPT-2 124M: float32, bfloat16, int8
 $ python tools/vs_llama_cpp.py --n_layer=48 --n_head=25 --n_embd=1600 --types=int8 --new_tokens=64  # GPT-2 XL
 $ python tools/vs_llama_cpp.py --llama_cpp=~/src/llama.cpp       # an existing checkout (built there if need be)
@@ -122,15 +124,18 @@ def llama_speed(binary, gguf, n_threads):
 
 
 def our_speed(hf_dir, weight_dtype, n_threads):
-    """bench.py --mode=generate's tokens/s at batch 1, from the same directory, in a process of its own."""
+    """(tokens/s, tokens/s of the steps after the prompt) of bench.py --mode=generate at batch 1, from the same
+    directory, in a process of its own: the first is bench.py's (the 4-token prompt included), the second what
+    llama-bench's -p 0 measures, the steps alone (the time of the first token, the prompt, taken off)."""
     env = {**ENV, 'OMP_NUM_THREADS': str(n_threads)}
     text = out([sys.executable, 'bench.py', '--mode=generate', f'--init_from={hf_dir}', '--num_samples=1',
                 f'--max_new_tokens={new_tokens}', f'--weight_dtype={weight_dtype}', '--repeats=1', '--no_cache=False',
                 '--transformers_row=False', '--quality_positions=0', '--device=cpu'], env=env)
-    match = re.search(rf'^\s*1 ours, {weight_dtype}, KV cache\s+([\d.]+)', text, re.M)
+    match = re.search(rf'^\s*1 ours, {weight_dtype}, KV cache\s+([\d.]+)\s+([\d.]+)ms', text, re.M)
     if not match:
         fail(f"bench.py printed no {weight_dtype} row:\n{text}")
-    return float(match.group(1))
+    tps, first = float(match.group(1)), float(match.group(2)) / 1000
+    return tps, (new_tokens - 1) / (new_tokens / tps - first)
 
 
 def main():
@@ -145,22 +150,25 @@ def main():
     binary = llama_bench_binary(src)
     hf_dir = hf_directory(os.path.join(cache_dir, f'gpt2-{n_layer}x{n_embd}'))
     ggufs = {t: converted(src, hf_dir, GGUF_TYPES[t]) for t in wanted}
-    best = {(side, t): 0.0 for side in ('llama.cpp', 'ours') for t in wanted}
+    best = {(side, t): 0.0 for side in ('llama.cpp', 'ours', 'ours, steps') for t in wanted}
     for r in range(rounds):
         for t in wanted:  # alternately, so that a machine's slow minute falls on both sides alike
             best['llama.cpp', t] = max(best['llama.cpp', t], llama_speed(binary, ggufs[t], n_threads))
-            best['ours', t] = max(best['ours', t], our_speed(hf_dir, t, n_threads))
+            ours, steps = our_speed(hf_dir, t, n_threads)
+            best['ours', t], best['ours, steps', t] = max(best['ours', t], ours), max(best['ours, steps', t], steps)
             print(f"round {r + 1}/{rounds} {t}: llama.cpp {best['llama.cpp', t]:.1f}, ours {best['ours', t]:.1f} "
-                  f"tokens/s (best so far)", flush=True)
+                  f"({best['ours, steps', t]:.1f} after the prompt) tokens/s (best so far)", flush=True)
     import torch
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), 'CPU')
     print(f"\n{cpu}, {n_threads} threads, torch {torch.__version__}, llama.cpp from llama-cpp-python "
           f"{llama_cpp_python if not llama_cpp else '(' + src + ')'}; GPT-2-shaped {n_layer}x{n_embd}, batch 1, "
           f"{new_tokens} new tokens, best of {rounds} alternating rounds")
-    print(f"| weights | llama.cpp tokens/s | ours tokens/s | ours / llama.cpp |\n|---|---|---|---|")
+    print("| weights | llama.cpp tokens/s | ours, prompt included | ours, steps alone (as llama-bench) | ratio, "
+          "steps alone | ratio, prompt included |\n|---|---|---|---|---|---|")
     for t in wanted:
-        lc, ours = best['llama.cpp', t], best['ours', t]
-        print(f"| {t} ({GGUF_TYPES[t].upper()}) | {lc:.1f} | {ours:.1f} | {ours / lc:.2f} |")
+        lc, ours, steps = best['llama.cpp', t], best['ours', t], best['ours, steps', t]
+        print(f"| {t} ({GGUF_TYPES[t].upper()}) | {lc:.1f} | {ours:.1f} | {steps:.1f} | {steps / lc:.2f} | "
+              f"{ours / lc:.2f} |")
 
 
 if __name__ == '__main__':
