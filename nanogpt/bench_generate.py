@@ -6,6 +6,7 @@ reduced model's next-token predictions are from the float32 one's.
 import functools
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def speed_table(load, hf_dir, about, batch_sizes, weight_dtypes, n, repeats, no_
             model = load()
             limit = B * bandwidth / weight_bytes(model)
             if isinstance(model, GPT):
-                model, decoder = for_sampling(model, device, dtype, B, n)
+                # the route of a long sampling, whatever n: the speed of decoding, not of compiling
+                model, decoder = for_sampling(model, device, dtype, B, tokens=math.inf)
                 if decoder is not None:
                     run = functools.partial(run, decoder=decoder)
             x = torch.randint(model.config.vocab_size, (B, 4), generator=torch.Generator().manual_seed(seed))

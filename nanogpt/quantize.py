@@ -391,7 +391,7 @@ def for_inference(model, device, dtype, batch_size=1, probe=True):
     return model
 
 
-DECODE_SECONDS = 0.5  # decoding that takes less, eagerly, is not worth a compilation's seconds
+DECODE_SECONDS = 20.0  # decoding that takes less, eagerly, is not worth a compilation's seconds (even cached)
 
 
 def for_sampling(model, device, dtype, batch_size=1, tokens=1000, probe=True, log=print):
