@@ -88,8 +88,8 @@ logit_softcap = 0.0  # 0 = off
 lora_rank = 0  # 0 = off (every weight trains); e.g. 8
 lora_alpha = 16  # the adapters' output is scaled by lora_alpha / lora_rank
 lora_dropout = 0.0  # dropout on the adapters' input
-lora_targets = 'c_attn,c_proj,c_fc'  # the Linears that get adapters, by name: attention's and the MLP's projections
-activation_checkpointing = False  # recompute each block's activations in the backward pass: less memory, more compute
+lora_targets = 'c_attn,c_proj,c_fc'  # the Linears that get adapters, by name
+activation_checkpointing = False  # recompute each block's activations in the backward: less memory, more compute
 # adamw optimizer
 optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
 muon_lr = 0.02  # Muon's max learning rate (the schedule scales it as it does learning_rate)
@@ -107,8 +107,8 @@ min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinch
 # system
 device = 'auto'  # 'auto' (cuda, else mps, else cpu), or 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'  # 'auto' (GPUs: bfloat16, float16 on older ones; CPUs: the faster at this run's shapes), or one
-autotune = True  # on CPUs, time the exact speed choices at this run's shapes (cached on disk); False: defaults
-autotune_share = 0.02  # ... where this share of the run's measured time pays for it
+autotune = True  # on CPUs, time the exact speed choices at this run's shapes (cached); False: defaults
+autotune_share = 0.02  # ... within this share of the run's measured time
 compile = None  # use PyTorch 2.0 to compile the model to be faster; None: on for CUDA only
 backend = 'auto'  # DDP backend: 'auto' (nccl on CUDA, gloo otherwise), 'nccl', 'gloo'
 parallelism = 'ddp'  # under torchrun: 'ddp' (a whole copy per process) or 'fsdp' (FSDP2: each holds 1/N)
