@@ -208,7 +208,8 @@ def test_a_trained_bpe_goes_through_training_sampling_and_the_export(corpus_repo
     # eval.py scores with the model's own BPE: the perplexity of each passage's last word, by its tokens
     with open(os.path.join(repo, 'lambada.jsonl'), 'w') as f:
         f.write('{"text": "the café speak"}\n{"text": "naïve über All"}\n')
-    run(repo, 'eval.py', '--out_dir=out-mine', '--task=lambada', '--data_file=lambada.jsonl', '--device=cpu')
+    run(repo, 'eval.py', '--out_dir=out-mine', '--task=lambada', '--data_file=lambada.jsonl', '--device=cpu',
+        '--dtype=float32')  # float32 as transformers computes it: 'auto' may measure bfloat16 the faster here
     results = json.loads(read(os.path.join(repo, 'out-mine', 'eval_lambada.json')))
     ids = [tok(' ' + w).input_ids for w in ('speak', 'All')]
     with torch.no_grad():
