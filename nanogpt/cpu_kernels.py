@@ -147,8 +147,9 @@ def library():
                 with open(src, 'w') as f:
                     f.write(SOURCE)
                 subprocess.run([cc, *FLAGS, src, '-o', out], check=True, capture_output=True, timeout=120)
-                shutil.copy(out, path + '.tmp')
-                os.replace(path + '.tmp', path)  # whole or not at all: another process may be loading it
+                tmp_path = f'{path}.{os.getpid()}.tmp'  # (another process may be building it too)
+                shutil.copy(out, tmp_path)
+                os.replace(tmp_path, path)  # whole or not at all: another process may be loading it
         lib = ctypes.CDLL(path)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -160,7 +161,7 @@ def library():
 
 def q8_matvec_eager(x, weight, scales):
     """x (1, K) float32 times the int8 rows weight (N, K), each times its bfloat16 scale: (1, N) float32."""
-    x = x.float().contiguous()
+    x, weight, scales = x.float().contiguous(), weight.contiguous(), scales.contiguous()  # (no copies: they are)
     y = x.new_empty(1, weight.size(0))
     if library().q8_matvec(weight.data_ptr(), scales.data_ptr(), x.data_ptr(), y.data_ptr(), *weight.shape):
         raise RuntimeError("q8_matvec: this CPU lacks the instructions, or K is not a multiple of 32")
@@ -169,7 +170,7 @@ def q8_matvec_eager(x, weight, scales):
 
 def bf16_matvec_eager(x, weight):
     """x (1, K) rounded to bfloat16 times the bfloat16 rows weight (N, K), summed in float32: (1, N) float32."""
-    x = x.float().contiguous()
+    x, weight = x.float().contiguous(), weight.contiguous()
     y = x.new_empty(1, weight.size(0))
     if library().bf16_matvec(weight.data_ptr(), x.data_ptr(), y.data_ptr(), *weight.shape):
         raise RuntimeError("bf16_matvec: this CPU lacks the instructions, or K is not a multiple of 32")
