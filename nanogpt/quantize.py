@@ -417,7 +417,6 @@ def for_sampling(model, device, dtype, batch_size=1, tokens=1000, probe=True, lo
     for name, layer in plain.named_modules():  # a hand-written kernel the race chose serves the compiled step too
         if isinstance(layer, LowPrecisionLinear) and chosen[name].decoding.startswith('hand-written'):
             layer.decoding = chosen[name].decoding
-    decoder = CompiledDecoding(plain)
     weights = ('int8' if reduced[0].scales is not None else 'bfloat16') if reduced else 'float32'
     c = plain.config
     key = (f"{machine(torch.device('cpu'))} | decoding step {weights} {c.n_layer}x{c.n_embd} vocab {c.vocab_size} "
@@ -433,6 +432,7 @@ def for_sampling(model, device, dtype, batch_size=1, tokens=1000, probe=True, lo
             step = min(step, time.perf_counter() - t0)
     if tokens * step < DECODE_SECONDS:
         return model, None
+    decoder = CompiledDecoding(plain)
 
     def run(name):  # the logits of a prompt and the steps after it, each step fed the same token
         if name == 'eager':
